@@ -1,0 +1,5 @@
+import sys
+
+from embedseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""Command line: `embedseg train|evaluate|predict|data` (also `python -m embedseg`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("embedseg")
+
+TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP")
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], grouper_names: list[str],
+                        split: str) -> dict:
+    """Evaluate groupers on one split; print the table; merge into metrics.json; draw overlays."""
+    from embedseg.engine.evaluator import run_groupers, score_groupers
+    from embedseg.engine.predictor import Predictor
+    from embedseg.engine.run import build_groupers, dataset_for_split, select_device
+    from embedseg.evaluation.tables import format_table
+    from embedseg.viz import plot_grouping_comparison
+
+    dataset = dataset_for_split(config, split)
+    groupers = build_groupers(config, grouper_names)
+    predictor = Predictor(model, select_device(config.train.device))
+    run = run_groupers(predictor, dataset, groupers, config.eval.max_images, config.eval.num_overlays)
+    results = score_groupers(run, class_names, config.eval.max_dets)
+
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics.setdefault(split, {}).update(results)
+    tmp = metrics_path.with_name("metrics.json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, metrics_path)
+
+    figure = plot_grouping_comparison(run.images, run.ground_truth[: len(run.images)],
+                                      {n: p[: len(run.images)] for n, p in run.predictions.items()},
+                                      run_dir / f"overlays_{split}.png")
+    rows = {name: {k: m[k] for k in TABLE_KEYS} for name, m in results.items()}
+    print(f"\nCOCO mask AP on {split} ({len(run.ground_truth)} images, maxDets {config.eval.max_dets}), "
+          f"percent; class-aware unless marked agnostic")
+    print(format_table(rows, keys=TABLE_KEYS, first="grouper"))
+    timing = {n: {"group ms (median)": m["group_ms_median"], "inst/img": m["instances_per_image"]}
+              for n, m in results.items()}
+    print("\nnetwork {:.1f} ms/image (median); ".format(np.median(run.network_ms))
+          + "; ".join(f"{n}: {t['group ms (median)']:.1f} ms, {t['inst/img']:.1f} instances/image"
+                      for n, t in timing.items()))
+    print(f"metrics: {metrics_path}\nfigure:  {figure}")
+    return results
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from embedseg.config import load_config
+    from embedseg.engine.run import load_run
+    from embedseg.engine.trainer import train
+
+    config = load_config(args.config, args.set)
+    run_dir = Path(args.out) if args.out else Path("runs") / config.name
+    train(config, run_dir, resume=args.resume, overwrite=args.overwrite)
+    if args.no_eval:
+        return 0
+    config, model, ckpt = load_run(run_dir)
+    evaluate_and_report(run_dir, config, model, ckpt["class_names"], list(config.grouping), config.eval.split)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from embedseg.engine.run import load_run
+
+    overrides = list(args.set)
+    if args.max_images is not None:
+        overrides.append(f"eval.max_images={args.max_images}")
+    config, model, ckpt = load_run(args.run_dir, overrides)
+    names = args.grouping.split(",") if args.grouping else list(config.grouping)
+    evaluate_and_report(Path(args.run_dir), config, model, ckpt["class_names"], names, args.split or config.eval.split)
+    return 0
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as e:  # noqa: BLE001 - name the file, whatever went wrong
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    return np.asarray(image.convert("RGB"))
+
+
+def cmd_predict(args) -> int:
+    from PIL import Image
+
+    from embedseg.engine.predictor import Predictor
+    from embedseg.engine.run import build_groupers, load_run, select_device
+    from embedseg.viz import save_overlay
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"output directory {out} is not empty; use --overwrite or choose another --out")
+    paths = []
+    for p in map(Path, args.images):
+        paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    config, model, ckpt = load_run(args.run_dir, args.set)
+    name = args.grouping or next(iter(config.grouping))
+    grouper = build_groupers(config, [name])[name]
+    predictor = Predictor(model, select_device(config.train.device))
+    out.mkdir(parents=True, exist_ok=True)
+    results, images = [], []
+    from tqdm import tqdm
+
+    for image_id, path in enumerate(tqdm(paths, desc="predict", disable=None)):
+        image = read_rgb(path)
+        instances = grouper(predictor(image))
+        label_map = instances.to_label_map()
+        Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8)).save(out / f"{path.stem}.png")
+        save_overlay(image, instances, out / f"{path.stem}_overlay.png")
+        results += [dict(r, file_name=path.name) for r in instances.to_coco_results(image_id)]
+        images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(ckpt["class_names"])]
+    (out / "predictions.json").write_text(json.dumps(results))
+    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}))
+    print(f"{len(paths)} image(s), {len(results)} instances ({name}) -> {out}")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from embedseg.data import SyntheticShapes, write_dataset
+
+    for split in args.splits.split(","):
+        count = args.num_images if split == "train" else max(1, args.num_images // 5)
+        dataset = SyntheticShapes(split=split, num_images=count, size=args.size, seed=args.seed)
+        folder = write_dataset(dataset, args.out, split, overwrite=args.overwrite)
+        print(f"{split}: {count} images -> {folder}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedseg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_set(p):
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.steps=100 (repeatable)")
+
+    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
+    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="COCO AP of a trained run on a split")
+    p.add_argument("run_dir")
+    p.add_argument("--grouping", help="grouper name(s), comma separated (default: all in the config)")
+    p.add_argument("--split", help="split to evaluate (default: eval.split of the config)")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    add_set(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="instance label PNGs, COCO results JSON and overlays for images")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--grouping", help="grouper name (default: the first in the config)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    add_set(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="data set tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("synth", help="write the synthetic data set as image/mask folders")
+    q.add_argument("--out", required=True, help="root folder; writes <out>/<split>/{images,masks,semantic}")
+    q.add_argument("--splits", default="train,val", help="comma separated splits (default train,val)")
+    q.add_argument("--num-images", type=int, default=200, help="train images (other splits get a fifth)")
+    q.add_argument("--size", type=int, default=128, help="image side in pixels")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=cmd_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from embedseg.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"embedseg {args.command}: error: {message}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

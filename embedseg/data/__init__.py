@@ -1,0 +1,13 @@
+"""Data sets of the sample contract in `embedseg.data.base`; importing this registers them all."""
+from __future__ import annotations
+
+from embedseg.data.base import DATASETS
+from embedseg.data.folder import FolderDataset, write_dataset
+from embedseg.data.synthetic import SyntheticShapes
+
+__all__ = ["DATASETS", "FolderDataset", "SyntheticShapes", "build_dataset", "write_dataset"]
+
+
+def build_dataset(name: str, split: str, **params):
+    """`DATASETS.build(name, split=split, **params)`: unknown names/parameters fail with the known ones."""
+    return DATASETS.build(name, split=split, **params)

@@ -1,0 +1,287 @@
+"""Image + label-image folders (DSB2018, CVPPP, exported synthetic data).
+
+Layout::
+
+    <root>/classes.txt                       optional, one class name per line
+    <root>/<split>/images/<stem>.<png|jpg|jpeg|tif|tiff>
+    <root>/<split>/masks/<stem>.<png|tif|tiff>      integer label image, 0 = background (8/16 bit)
+    <root>/<split>/semantic/<stem>.png              optional per-pixel class map (0 = background);
+                                                    without the folder every instance is class 1
+
+`write_dataset` writes any dataset of the sample contract in this layout.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from embedseg.data.base import DATASETS
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png", ".tif", ".tiff")
+SEMANTIC_EXTENSIONS = (".png",)
+
+
+def _index_folder(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    """stem -> file for the files in `folder` with one of `extensions` (case-insensitive)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in extensions:
+            continue
+        if path.stem in found:
+            raise ValueError(f"two files with the stem {path.stem!r}: {found[path.stem]} and {path}")
+        found[path.stem] = path
+    return found
+
+
+def _read_array(path: Path, palette_to_rgb: bool = False) -> np.ndarray:
+    """The pixel array of an image file; palette images give indices unless `palette_to_rgb`."""
+    convert = ("CMYK", "YCbCr", "LAB", "HSV") + (("P", "PA") if palette_to_rgb else ())
+    try:
+        with Image.open(path) as im:
+            if im.mode in convert:
+                im = im.convert("RGBA" if im.mode == "PA" else "RGB")
+            return np.array(im)
+    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def _load_image(path: Path) -> np.ndarray:
+    """uint8 [H, W, 3]; grey -> 3 channels, alpha dropped, palette -> RGB, >8 bit rescaled."""
+    array = _read_array(path, palette_to_rgb=True)
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # LA / RGBA: drop alpha
+        array = array[..., :-1]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise ValueError(f"{path}: expected a grey, RGB or RGBA image, got an array of shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        # 16-bit / float images (microscopy): rescale this image's range to 0..255
+        array = array.astype(np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{path}: image holds NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        array = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
+        array = np.round(array).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _load_label(path: Path, what: str) -> np.ndarray:
+    """A single-channel non-negative integer label image as int64."""
+    array = _read_array(path)
+    if array.ndim == 3:
+        if array.shape[2] in (2, 4):  # LA / RGBA: ignore alpha
+            array = array[..., :-1]
+        if not (array == array[..., :1]).all():
+            raise ValueError(
+                f"{path}: {what} must be a single-channel integer label image, got {array.shape[2]} "
+                "different channels (colour-coded masks are not supported)"
+            )
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"{path}: {what} must be a 2-d label image, got shape {array.shape}")
+    if array.dtype == bool:
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not (array == np.round(array)).all():
+            raise ValueError(f"{path}: {what} must hold integer labels, found non-integer values")
+    elif not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{path}: {what} must hold integer labels, got dtype {array.dtype}")
+    if array.size and array.min() < 0:
+        raise ValueError(f"{path}: {what} must be non-negative (0 = background), found {array.min()}")
+    return array.astype(np.int64)
+
+
+def _read_class_names(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path} holds no class names (expected one name per line)")
+    return names
+
+
+@DATASETS.register("folder")
+class FolderDataset(Dataset):
+    """Images with integer label masks in `<root>/<split>/{images,masks[,semantic]}`.
+
+    image_id is the index in sorted stem order and name the stem. Class names come from
+    `class_names`, else `<root>/classes.txt`, else ["object"].
+    """
+
+    def __init__(self, root: str, split: str = "train", class_names: list[str] | None = None):
+        self.root = Path(root).expanduser()
+        self.split = split
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"FolderDataset: split folder {split_dir} does not exist")
+        image_dir, mask_dir, semantic_dir = (split_dir / d for d in ("images", "masks", "semantic"))
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"FolderDataset: folder {folder} does not exist")
+
+        if class_names is None:
+            classes_file = self.root / "classes.txt"
+            class_names = _read_class_names(classes_file) if classes_file.is_file() else ["object"]
+        self.class_names = [str(c) for c in class_names]
+        if not self.class_names:
+            raise ValueError("FolderDataset: class_names must hold at least one name")
+        self.num_classes = len(self.class_names)
+
+        images = _index_folder(image_dir, IMAGE_EXTENSIONS)
+        if not images:
+            raise ValueError(
+                f"FolderDataset: no images ({'/'.join(IMAGE_EXTENSIONS)}) in {image_dir}: empty split"
+            )
+        masks = _index_folder(mask_dir, MASK_EXTENSIONS)
+        missing = [stem for stem in images if stem not in masks]
+        if missing:
+            raise FileNotFoundError(
+                f"FolderDataset: image {images[missing[0]]} has no mask {mask_dir / missing[0]}"
+                f".<{'|'.join(e[1:] for e in MASK_EXTENSIONS)}>"
+                + (f" ({len(missing)} images without a mask)" if len(missing) > 1 else "")
+            )
+        orphans = sorted(set(masks) - set(images))
+        if orphans:
+            logger.warning("%d mask(s) in %s have no image, e.g. %s", len(orphans), mask_dir, masks[orphans[0]])
+
+        self.has_semantic = semantic_dir.is_dir()
+        semantic = _index_folder(semantic_dir, SEMANTIC_EXTENSIONS) if self.has_semantic else {}
+        if self.has_semantic:
+            missing = [stem for stem in images if stem not in semantic]
+            if missing:
+                raise FileNotFoundError(
+                    f"FolderDataset: image {images[missing[0]]} has no semantic map "
+                    f"{semantic_dir / missing[0]}.png (when {semantic_dir} exists, every image needs one)"
+                )
+
+        self.stems = sorted(images)
+        self.image_paths = [images[s] for s in self.stems]
+        self.mask_paths = [masks[s] for s in self.stems]
+        self.semantic_paths = [semantic[s] for s in self.stems] if self.has_semantic else None
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def __repr__(self) -> str:
+        return f"FolderDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
+
+    def __getitem__(self, index) -> dict:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"FolderDataset index {index} out of range for {len(self)} images")
+        image_path, mask_path = self.image_paths[index], self.mask_paths[index]
+        image = _load_image(image_path)
+        instances = _load_label(mask_path, "mask")
+        if instances.shape != image.shape[:2]:
+            raise ValueError(
+                f"size mismatch: mask {mask_path} is {instances.shape[1]}x{instances.shape[0]} (WxH) "
+                f"but image {image_path} is {image.shape[1]}x{image.shape[0]}"
+            )
+        if instances.size and instances.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"{mask_path}: instance ids must fit in int32, found {instances.max()}")
+        if self.semantic_paths is not None:
+            semantic_path = self.semantic_paths[index]
+            semantic = _load_label(semantic_path, "semantic map")
+            if semantic.shape != image.shape[:2]:
+                raise ValueError(
+                    f"size mismatch: semantic map {semantic_path} is {semantic.shape[1]}x{semantic.shape[0]} "
+                    f"(WxH) but image {image_path} is {image.shape[1]}x{image.shape[0]}"
+                )
+            if semantic.size and semantic.max() > self.num_classes:
+                raise ValueError(
+                    f"{semantic_path}: class id {semantic.max()} > number of classes {self.num_classes} "
+                    f"({', '.join(self.class_names)})"
+                )
+        else:
+            semantic = (instances > 0).astype(np.int64)
+        return {
+            "image": image,
+            "instances": instances.astype(np.int32),
+            "semantic": semantic.astype(np.int64),
+            "image_id": index,
+            "name": self.stems[index],
+        }
+
+
+def _label_png(array: np.ndarray, what: str, name: str) -> Image.Image:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"sample {name!r}: {what} must be [H, W], got shape {array.shape}")
+    if array.size and array.min() < 0:
+        raise ValueError(
+            f"sample {name!r}: {what} holds negative (ignore) labels, which a PNG label image cannot store"
+        )
+    top = int(array.max()) if array.size else 0
+    if top > np.iinfo(np.uint16).max:
+        raise ValueError(f"sample {name!r}: {what} id {top} does not fit in a 16-bit PNG")
+    return Image.fromarray(array.astype(np.uint8 if top < 256 else np.uint16))
+
+
+def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path:
+    """Write every sample of `dataset` as `<out_dir>/<split>/{images,masks,semantic}/<name>.png`.
+
+    Also writes `<out_dir>/classes.txt`. Masks are 8-bit PNGs when every id is < 256, else 16-bit.
+    Refuses to write into a non-empty `<out_dir>/<split>` unless `overwrite`, in which case its
+    images/, masks/ and semantic/ folders are replaced. Returns `out_dir`, the root that
+    `FolderDataset(out_dir, split)` reads back.
+    """
+    out_dir = Path(out_dir).expanduser()
+    split_dir = out_dir / split
+    if split_dir.exists() and not split_dir.is_dir():
+        raise FileExistsError(f"{split_dir} exists and is not a folder")
+    if split_dir.is_dir() and any(split_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{split_dir} is not empty; pass overwrite=True (--overwrite) to replace its contents"
+            )
+        for sub in ("images", "masks", "semantic"):
+            if (split_dir / sub).is_dir():
+                shutil.rmtree(split_dir / sub)
+
+    class_names = [str(c) for c in getattr(dataset, "class_names", ["object"])]
+    classes_file = out_dir / "classes.txt"
+    if classes_file.is_file() and not overwrite and _read_class_names(classes_file) != class_names:
+        raise FileExistsError(
+            f"{classes_file} lists other classes ({', '.join(_read_class_names(classes_file))}) than "
+            f"this dataset ({', '.join(class_names)}); pass overwrite=True to replace it"
+        )
+    dirs = {sub: split_dir / sub for sub in ("images", "masks", "semantic")}
+    for folder in dirs.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    classes_file.write_text("".join(f"{c}\n" for c in class_names))
+
+    seen: set[str] = set()
+    for index in tqdm(range(len(dataset)), desc=f"writing {split}", unit="img", disable=None):
+        sample = dataset[index]
+        name = str(sample.get("name", f"{index:05d}"))
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"sample {index}: name {name!r} is not a valid file name")
+        if name in seen:
+            raise ValueError(f"sample {index}: name {name!r} occurs twice; names must be unique")
+        seen.add(name)
+        image = np.asarray(sample["image"])
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"sample {name!r}: image must be uint8 [H, W, 3], got {image.dtype} {image.shape} "
+                "(write_dataset expects raw samples, not transformed tensors)"
+            )
+        masks = _label_png(sample["instances"], "instances", name)
+        semantic = _label_png(sample["semantic"], "semantic", name)
+        Image.fromarray(image).save(dirs["images"] / f"{name}.png")
+        masks.save(dirs["masks"] / f"{name}.png")
+        semantic.save(dirs["semantic"] / f"{name}.png")
+    logger.info("wrote %d samples to %s", len(seen), split_dir)
+    return out_dir

@@ -1,0 +1,72 @@
+"""Turn a config or a run directory into the objects that do the work."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedseg.config import Config, config_from_dict, load_config
+from embedseg.data import DATASETS
+from embedseg.engine.checkpoint import load_checkpoint
+from embedseg.grouping import build_grouper
+from embedseg.models import build_model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device (is a CUDA build of torch installed?)")
+    return torch.device(name)
+
+
+def dataset_for_split(config: Config, split: str):
+    """The dataset block of the config, with that split's overrides, built for `split`."""
+    params = {k: v for k, v in config.data.dataset.items() if k != "name"}
+    params.update(config.data.split_params.get(split, {}))
+    return DATASETS.get(config.data.dataset["name"])(split=split, **params)
+
+
+def build_network(config: Config, num_classes: int) -> torch.nn.Module:
+    params = {k: v for k, v in config.model.items() if k != "name"}
+    return build_model(config.model["name"], num_classes=num_classes, **params)
+
+
+def build_groupers(config: Config, names: list[str] | None = None) -> dict:
+    """Groupers by name, with the config's parameters where it has a block for them."""
+    names = list(config.grouping) if names is None else names
+    return {name: build_grouper(name, **(config.grouping.get(name) or {})) for name in names}
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    for name in ("best.pt", "last.pt"):
+        path = run_dir / "checkpoints" / name
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{run_dir} holds no checkpoints/best.pt or checkpoints/last.pt: is it a run directory?")
+
+
+def load_run(run_dir: str | Path, overrides: list[str] = ()):
+    """(config, model in eval mode, checkpoint dict) of a trained run.
+
+    The config is the run's saved config.yaml with `overrides` applied (grouping or eval keys,
+    say); the weights come from best.pt, or last.pt when no evaluation picked a best one.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    ckpt = load_checkpoint(find_checkpoint(run_dir))
+    config = load_config(run_dir / "config.yaml", overrides) if (run_dir / "config.yaml").exists() \
+        else config_from_dict(ckpt["config"], where=str(run_dir))
+    model = build_network(config, ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return config, model, ckpt

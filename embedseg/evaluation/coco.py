@@ -1,0 +1,156 @@
+"""COCO mask AP of predicted `Instances` against ground-truth `Instances` (pycocotools, 'segm').
+
+Both sides are turned into in-memory COCO datasets (image ids 1..N in list order, annotation ids
+from 1 because pycocotools reads a matched id of 0 as "unmatched", category ids = class labels)
+and scored with `COCOeval(iouType="segm")` with `params.maxDets = [1, 10, max_dets]`. The numbers
+are read from `E.eval["precision"]` / `E.eval["recall"]` at the last maxDets index, exactly as
+`COCOeval.summarize()` averages them, but without its text that assumes 100 detections.
+
+Conventions of the returned dict (all metrics are fractions in [0, 1]):
+
+- An entry that has no ground truth to score (e.g. APs when no GT is small, or every AP when
+  there is no GT at all) is `float('nan')` -- pycocotools' -1. A category without ground truth
+  is left out of `per_class` (and, as in COCO, out of the class-aware mean).
+- No predictions at all is fine: every AP with ground truth is 0.0.
+- `agnostic_*` is a second evaluation with `params.useCats = 0`: labels are ignored and any
+  prediction may match any ground-truth instance of its image.
+- `crowd` (optional, one bool [H, W] mask or None per image) marks ignore regions. Since such a
+  mask carries no class, it is added as one `iscrowd=1` annotation per category that occurs in
+  that image's ground truth or predictions, so predictions of any class inside it are ignored
+  (COCO crowd rule: IoU with a crowd region = intersection / prediction area).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from embedseg.structures import Instances
+
+_AREAS = (("APs", "small"), ("APm", "medium"), ("APl", "large"))
+
+
+def _coco(dataset: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _annotations(rles: list[dict], start_id: int, **fields) -> list[dict]:
+    """Add area, bbox and a unique id (from start_id) to COCO entries that hold an RLE."""
+    anns = []
+    for i, ann in enumerate(rles):
+        rle = ann["segmentation"]
+        ann.update(id=start_id + i, area=float(mask_utils.area(rle)),
+                   bbox=[float(v) for v in mask_utils.toBbox(rle)], **fields)
+        anns.append(ann)
+    return anns
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean of the entries that are not -1 (pycocotools' "nothing to score"), NaN if none."""
+    values = values[values > -1]
+    return float(np.mean(values)) if values.size else float("nan")
+
+
+def _run(gt: COCO, dt: COCO, max_dets: int, use_cats: bool) -> COCOeval:
+    E = COCOeval(gt, dt, iouType="segm")
+    E.params.maxDets = [1, 10, max_dets]
+    E.params.useCats = int(use_cats)
+    with contextlib.redirect_stdout(io.StringIO()):
+        E.evaluate()
+        E.accumulate()
+    return E
+
+
+def _summary(E: COCOeval, prefix: str = "", areas: bool = True) -> dict:
+    p, precision = E.params, E.eval["precision"]  # [T, R, K, A, M]
+    t50, t75 = (np.flatnonzero(np.isclose(p.iouThrs, t))[0] for t in (0.5, 0.75))
+    out = {f"{prefix}AP": _mean(precision[:, :, :, 0, -1]),
+           f"{prefix}AP50": _mean(precision[t50, :, :, 0, -1]),
+           f"{prefix}AP75": _mean(precision[t75, :, :, 0, -1])}
+    if areas:
+        for key, name in _AREAS:
+            out[prefix + key] = _mean(precision[:, :, :, p.areaRngLbl.index(name), -1])
+        out[f"{prefix}AR"] = _mean(E.eval["recall"][:, :, 0, -1])  # recall: [T, K, A, M]
+    return out
+
+
+def evaluate_coco(
+    ground_truth: list[Instances],
+    predictions: list[Instances],
+    class_names: list[str] | None = None,
+    max_dets: int = 100,
+    class_agnostic: bool = True,
+    crowd: list[np.ndarray | None] | None = None,
+) -> dict:
+    """COCO mask AP of `predictions` against `ground_truth` (one `Instances` per image each).
+
+    `class_names[i]` names class id i + 1 (default: `str(id)`). Returns AP, AP50, AP75, APs,
+    APm, APl, AR (at `max_dets`), `per_class` {name: AP}, `agnostic_AP/AP50/AP75` when
+    `class_agnostic`, and num_images, num_gt, num_pred, max_dets. See the module docstring for
+    NaN, crowd and agnostic conventions.
+    """
+    if len(ground_truth) != len(predictions):
+        raise ValueError(f"evaluate_coco needs one prediction per image: {len(ground_truth)} "
+                         f"ground-truth images, {len(predictions)} predictions")
+    if crowd is not None and len(crowd) != len(ground_truth):
+        raise ValueError(f"crowd needs one mask (or None) per image: {len(ground_truth)} images, "
+                         f"{len(crowd)} crowd masks")
+    if max_dets < 1:
+        raise ValueError(f"max_dets must be >= 1, got {max_dets}")
+
+    class_ids = set(range(1, len(class_names) + 1)) if class_names else set()
+    for i, (gt, pred) in enumerate(zip(ground_truth, predictions)):
+        if gt.image_size != pred.image_size:
+            raise ValueError(f"image {i}: ground truth is {gt.image_size} but prediction is "
+                             f"{pred.image_size}")
+        for what, inst in (("ground truth", gt), ("prediction", pred)):
+            bad = [int(c) for c in inst.labels if c < 1 or (class_names and c > len(class_names))]
+            if bad:
+                known = f"1..{len(class_names)}" if class_names else ">= 1"
+                raise ValueError(f"image {i}: {what} has class labels {sorted(set(bad))}, "
+                                 f"expected {known}")
+        class_ids |= set(gt.labels.tolist()) | set(pred.labels.tolist())
+    names = {c: (class_names[c - 1] if class_names else str(c)) for c in sorted(class_ids)}
+
+    images, gt_anns, dt_anns = [], [], []
+    for image_id, (gt, pred) in enumerate(zip(ground_truth, predictions), start=1):
+        height, width = gt.image_size
+        images.append({"id": image_id, "height": height, "width": width})
+        gt_anns += _annotations(gt.to_coco_results(image_id), len(gt_anns) + 1, iscrowd=0)
+        dt_anns += _annotations(pred.to_coco_results(image_id), len(dt_anns) + 1, iscrowd=0)
+        region = None if crowd is None else crowd[image_id - 1]
+        if region is not None and np.any(region):
+            if np.shape(region) != (height, width):
+                raise ValueError(f"image {image_id - 1}: crowd mask has shape {np.shape(region)}, "
+                                 f"expected {(height, width)}")
+            region = Instances(np.asarray(region, bool)[None], [1.0], [1]).to_rle()[0]
+            present = sorted(set(gt.labels.tolist()) | set(pred.labels.tolist()))
+            gt_anns += _annotations(
+                [{"image_id": image_id, "category_id": c, "segmentation": dict(region)} for c in present],
+                len(gt_anns) + 1, iscrowd=1)
+
+    categories = [{"id": c, "name": n} for c, n in names.items()]
+    gt_coco = _coco({"images": images, "categories": categories, "annotations": gt_anns})
+    dt_coco = _coco({"images": images, "categories": categories, "annotations": dt_anns})
+
+    E = _run(gt_coco, dt_coco, max_dets, use_cats=True)
+    result = _summary(E)
+    per_class = {}
+    for k, c in enumerate(E.params.catIds):
+        ap = _mean(E.eval["precision"][:, :, k, 0, -1])
+        if not np.isnan(ap):
+            per_class[names[c]] = ap
+    result["per_class"] = per_class
+    if class_agnostic:
+        result.update(_summary(_run(gt_coco, dt_coco, max_dets, use_cats=False), "agnostic_", areas=False))
+    result.update(num_images=len(images), num_gt=sum(len(g) for g in ground_truth),
+                  num_pred=len(dt_anns), max_dets=int(max_dets))
+    return result

@@ -1,0 +1,59 @@
+"""Figures: instance overlays and grouping comparisons (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from embedseg.structures import Instances  # noqa: E402
+
+
+def instance_colors(n: int, seed: int = 0) -> np.ndarray:
+    """n distinct-looking colours in [0, 1] (random hues, full saturation), row 0 unused."""
+    rng = np.random.default_rng(seed)
+    hsv = np.stack([rng.random(n + 1), np.full(n + 1, 0.85), np.full(n + 1, 0.95)], 1)
+    return matplotlib.colors.hsv_to_rgb(hsv)
+
+
+def overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """RGB uint8 image with each instance tinted in its own colour and outlined."""
+    rgb = image.astype(np.float32) / 255.0
+    ids = label_map.astype(np.int64)
+    colors = instance_colors(int(ids.max()) if ids.size else 0)
+    fg = ids > 0
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors[ids[fg]]
+    edges = fg & (ndimage.grey_erosion(ids, size=3) != ndimage.grey_dilation(ids, size=3))
+    rgb[edges] = colors[ids[edges]] * 0.6
+    return (rgb.clip(0, 1) * 255).astype(np.uint8)
+
+
+def save_overlay(image: np.ndarray, instances: Instances, path: str | Path) -> None:
+    plt.imsave(path, overlay(image, instances.to_label_map()))
+
+
+def plot_grouping_comparison(images: list[np.ndarray], ground_truth: list[Instances],
+                             predictions: dict[str, list[Instances]], path: str | Path,
+                             titles: dict[str, str] | None = None) -> Path:
+    """Grid: one row per image; columns image, ground truth, then every grouper's overlay."""
+    names = list(predictions)
+    n_rows, n_cols = len(images), 2 + len(names)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows), squeeze=False)
+    for r, image in enumerate(images):
+        panels = [(image, "image"), (overlay(image, ground_truth[r].to_label_map()), f"ground truth ({len(ground_truth[r])})")]
+        for name in names:
+            pred = predictions[name][r]
+            label = (titles or {}).get(name, name)
+            panels.append((overlay(image, pred.to_label_map()), f"{label} ({len(pred)})"))
+        for c, (panel, title) in enumerate(panels):
+            axes[r, c].imshow(panel)
+            axes[r, c].set_title(title, fontsize=9)
+            axes[r, c].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
