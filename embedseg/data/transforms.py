@@ -13,7 +13,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 [3, H, W], normalised."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
-    return (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0 - MEAN) / STD
+    return (torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0 - MEAN) / STD
 
 
 def sample_to_tensors(sample: dict) -> dict:

@@ -1,0 +1,104 @@
+"""Training, checkpoints, resume, evaluation and the CLI on a tiny config."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedseg.cli import main
+from embedseg.config import load_config
+from embedseg.engine.checkpoint import load_checkpoint
+from embedseg.engine.trainer import lr_factor, train
+
+
+def test_two_iteration_training_run(tmp_path, tiny_config_file):
+    run_dir = train(load_config(tiny_config_file), tmp_path / "run")
+    assert (run_dir / "config.yaml").exists() and (run_dir / "env.txt").exists()
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert {"embedding.var", "embedding.dist", "semantic", "seediness", "images_per_s"} <= set(records[0])
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert ckpt["step"] == 2 and ckpt["num_classes"] == 2 and ckpt["config"]["name"] == "tiny"
+
+
+def test_refuses_to_overwrite_and_resumes(tmp_path, tiny_config_file):
+    config = load_config(tiny_config_file)
+    run_dir = train(config, tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, run_dir)
+    config.train.steps = 3
+    train(config, run_dir, resume=True)
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path, tiny_config_file):
+    config = load_config(tiny_config_file)
+    a = load_checkpoint(train(config, tmp_path / "a") / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(train(config, tmp_path / "b") / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, "poly") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "poly") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_config_file), "--out", str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "| meanshift |" in printed and "| components |" in printed
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["val"]) == {"meanshift", "components"}
+    assert 0.0 <= metrics["val"]["meanshift"]["AP"] <= 1.0
+    assert (run_dir / "overlays_val.png").exists()
+
+    assert main(["evaluate", str(run_dir), "--grouping", "components", "--split", "test",
+                 "--set", "data.split_params.test.num_images=2"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test"} and set(metrics["test"]) == {"components"}
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40 + i, 53, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    out = tmp_path / "pred"
+    assert main(["predict", str(run_dir), str(images), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["im0.png", "im0_overlay.png", "im1.png", "im1_overlay.png",
+                                                      "images.json", "predictions.json"]
+    assert np.array(Image.open(out / "im1.png")).shape == (41, 53)
+    # A second predict into the same folder is refused: nothing a user made is overwritten.
+    assert main(["predict", str(run_dir), str(images), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_errors_name_the_problem(tmp_path, tiny_config_file, capsys):
+    assert main(["train", str(tiny_config_file), "--set", "train.stepz=1", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown key 'train.stepz'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_synth_writes_folder_layout(tmp_path):
+    from embedseg.data import FolderDataset, SyntheticShapes
+
+    assert main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "5", "--size", "64"]) == 0
+    disk = FolderDataset(str(tmp_path / "synth"), split="train")
+    assert len(disk) == 5 and disk.class_names == SyntheticShapes.class_names
+    np.testing.assert_array_equal(disk[3]["instances"], SyntheticShapes(num_images=5, size=64)[3]["instances"])
+    assert main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "5", "--size", "64"]) == 2
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "embedseg", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout

@@ -1,0 +1,152 @@
+"""Discriminative loss against hand-computed values and a per-instance reference loop."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from embedseg.losses import LOSSES, DiscriminativeLoss, build_criterion, build_loss
+from embedseg.losses.seediness import SeedDistanceLoss
+
+
+def image(points, ids):
+    """Embedding [1, D, 1, W] from a list of W points, instances [1, 1, W]."""
+    emb = torch.tensor(points, dtype=torch.float64).T[None, :, None, :]
+    return emb.clone().requires_grad_(True), torch.tensor(ids)[None, None, :]
+
+
+def test_one_instance_by_hand():
+    # mean (1, 0); distances 1, 1, 0; hinge at 0.5 -> 0.25, 0.25, 0 -> var 1/6; |mu| = 1.
+    emb, ids = image([(0, 0), (2, 0), (1, 0)], [1, 1, 1])
+    out = DiscriminativeLoss()(emb, ids)
+    assert out["var"].item() == pytest.approx(1 / 6)
+    assert out["dist"].item() == 0.0
+    assert out["reg"].item() == pytest.approx(1.0)
+    assert out["loss"].item() == pytest.approx(1 / 6 + 0.001)
+
+
+def test_two_instances_background_and_ignored_pixels_by_hand():
+    # means (0,0) and (1,0): 1 apart, hinge 2*1.5 - 1 = 2 -> 4 for both ordered pairs.
+    # The background (id 0) and ignored (id -1) pixels are far away and must not count.
+    emb, ids = image([(0, 0), (0, 0), (1, 0), (1, 0), (5, 5), (9, 9)], [1, 1, 2, 2, 0, -1])
+    out = DiscriminativeLoss(delta_v=0.5, delta_d=1.5, alpha=1, beta=1, gamma=0.001)(emb, ids)
+    assert out["var"].item() == 0.0
+    assert out["dist"].item() == pytest.approx(4.0)
+    assert out["reg"].item() == pytest.approx(0.5)
+    assert out["loss"].item() == pytest.approx(4.0005)
+
+
+def test_weights_alpha_beta_gamma():
+    emb, ids = image([(0, 0), (2, 0), (1, 0), (1, 0)], [1, 1, 1, 2])
+    plain = DiscriminativeLoss()(emb, ids)
+    weighted = DiscriminativeLoss(alpha=2, beta=3, gamma=0.5)(emb, ids)
+    expected = 2 * plain["var"] + 3 * plain["dist"] + 0.5 * plain["reg"]
+    assert weighted["loss"].item() == pytest.approx(expected.item())
+
+
+def test_empty_image_gives_zero_and_backward_works():
+    emb = torch.randn(1, 4, 5, 5, requires_grad=True)
+    out = DiscriminativeLoss()(emb, torch.zeros(1, 5, 5, dtype=torch.long))
+    assert all(out[k].item() == 0.0 for k in ("loss", "var", "dist", "reg"))
+    out["loss"].backward()
+    assert torch.count_nonzero(emb.grad) == 0
+
+
+def test_batch_averages_over_images_with_instances():
+    emb1, ids1 = image([(0, 0), (2, 0), (1, 0), (7, 7)], [1, 1, 1, 0])  # one instance: var 1/6, reg 1
+    emb2, ids2 = image([(0, 0), (0, 0), (1, 0), (1, 0)], [1, 1, 2, 2])  # var 0, dist 4, reg 0.5
+    emb3, ids3 = image([(3, 3)] * 4, [0, 0, -1, 0])  # no instance: left out of every average
+    emb = torch.cat([emb1, emb2, emb3]).detach().requires_grad_(True)
+    out = DiscriminativeLoss()(emb, torch.cat([ids1, ids2, ids3]))
+    assert out["var"].item() == pytest.approx((1 / 6 + 0) / 2)
+    assert out["dist"].item() == pytest.approx((0 + 4) / 2)  # one-instance image has dist 0
+    assert out["reg"].item() == pytest.approx((1 + 0.5) / 2)
+    out["loss"].backward()
+    assert torch.isfinite(emb.grad).all()
+    assert torch.count_nonzero(emb.grad[2]) == 0
+
+
+def reference_loss(emb, ids, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001):
+    """The DESIGN.md formula with Python loops over images, instances and pairs."""
+    totals, n = {"var": 0.0, "dist": 0.0, "reg": 0.0}, 0
+    for b in range(emb.shape[0]):
+        x = emb[b].flatten(1).T
+        lab = ids[b].flatten()
+        inst = [i for i in lab.unique().tolist() if i > 0]
+        if not inst:
+            continue
+        n += 1
+        mus = [x[lab == i].mean(0) for i in inst]
+        totals["var"] += sum(((mu - x[lab == i]).norm(dim=1) - delta_v).clamp_min(0).pow(2).mean()
+                             for mu, i in zip(mus, inst)) / len(inst)
+        pairs = [(a, c) for a in range(len(inst)) for c in range(len(inst)) if a != c]
+        if pairs:
+            totals["dist"] += sum((2 * delta_d - (mus[a] - mus[c]).norm()).clamp_min(0).pow(2) for a, c in pairs) / len(pairs)
+        totals["reg"] += sum(mu.norm() for mu in mus) / len(inst)
+    out = {k: v / n for k, v in totals.items()}
+    out["loss"] = alpha * out["var"] + beta * out["dist"] + gamma * out["reg"]
+    return out
+
+
+def test_matches_reference_loop_on_random_data():
+    torch.manual_seed(0)
+    emb = torch.randn(3, 5, 12, 12, dtype=torch.float64)
+    ids = torch.randint(-1, 6, (3, 12, 12))
+    ids[1] = 0  # an empty image in the batch
+    ours = DiscriminativeLoss(delta_v=0.3, delta_d=1.0, gamma=0.01)(emb, ids)
+    ref = reference_loss(emb, ids, delta_v=0.3, delta_d=1.0, gamma=0.01)
+    for key in ("loss", "var", "dist", "reg"):
+        assert ours[key].item() == pytest.approx(float(ref[key]), rel=1e-6)
+
+
+def test_invariant_to_relabelling_ids():
+    torch.manual_seed(1)
+    emb = torch.randn(2, 4, 10, 10, dtype=torch.float64)
+    ids = torch.randint(0, 5, (2, 10, 10))
+    permuted = torch.tensor([0, 17, 3, 250, 9])[ids]  # any positive ids, any order
+    a, b = DiscriminativeLoss()(emb, ids), DiscriminativeLoss()(emb, permuted)
+    for key in ("loss", "var", "dist", "reg"):
+        assert a[key].item() == pytest.approx(b[key].item(), rel=1e-12)
+
+
+def test_gradients_are_finite_when_means_coincide():
+    emb = torch.zeros(1, 3, 2, 2, requires_grad=True)  # every embedding (and mean) identical
+    out = DiscriminativeLoss()(emb, torch.tensor([[[1, 1], [2, 2]]]))
+    assert out["dist"].item() == pytest.approx(9.0, abs=1e-4)
+    out["loss"].backward()
+    assert torch.isfinite(emb.grad).all()
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="must agree"):
+        DiscriminativeLoss()(torch.zeros(1, 4, 5, 5), torch.zeros(1, 6, 5, dtype=torch.long))
+
+
+def test_seed_distance_targets_by_hand():
+    # instance 1: points (0,0) and (1,0): mean (0.5,0), squared distances 0.25 -> exp(-0.25/(2*0.25)).
+    emb, ids = image([(0, 0), (1, 0), (4, 4)], [1, 1, 0])
+    target = SeedDistanceLoss(sigma=0.5).targets(emb, ids)
+    expected = torch.tensor([[[torch.exp(torch.tensor(-0.5)), torch.exp(torch.tensor(-0.5)), 0.0]]], dtype=target.dtype)
+    assert torch.allclose(target, expected)
+    # A perfect seediness map gives zero loss.
+    assert SeedDistanceLoss(0.5)(target[:, None], emb, ids)["loss"].item() == pytest.approx(0.0)
+
+
+def test_criterion_weights_terms():
+    emb, ids = image([(0, 0), (2, 0), (1, 0)], [1, 1, 1])
+    criterion = build_criterion({"embedding": {"name": "discriminative", "weight": 2.0}})
+    out = criterion({"embedding": emb}, {"instances": ids})
+    assert out["loss"].item() == pytest.approx(2 * (1 / 6 + 0.001))
+    assert out["embedding.var"].item() == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_registered_loss_runs_and_backpropagates(name):
+    torch.manual_seed(0)
+    outputs = {"embedding": torch.randn(2, 8, 16, 16, requires_grad=True),
+               "seediness": torch.rand(2, 1, 16, 16, requires_grad=True),
+               "semantic": torch.randn(2, 3, 16, 16, requires_grad=True)}
+    instances = torch.randint(0, 4, (2, 16, 16))
+    batch = {"instances": instances, "semantic": (instances > 0).long() * torch.randint(1, 3, (2, 16, 16))}
+    out = build_loss(name).compute(outputs, batch)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
