@@ -1,4 +1,4 @@
-"""Command line: `embedseg train|evaluate|predict|data` (also `python -m embedseg`)."""
+"""Command line: `embedseg train|evaluate|compare-grouping|predict|data` (also `python -m embedseg`)."""
 from __future__ import annotations
 
 import argparse
@@ -24,14 +24,15 @@ def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], gr
     from embedseg.engine.evaluator import run_groupers, score_groupers
     from embedseg.engine.predictor import Predictor
     from embedseg.engine.run import build_groupers, dataset_for_split, select_device
-    from embedseg.evaluation.tables import format_table
+    from embedseg.evaluation.tables import format_table, metric_columns
     from embedseg.viz import plot_grouping_comparison
 
     dataset = dataset_for_split(config, split)
     groupers = build_groupers(config, grouper_names)
     predictor = Predictor(model, select_device(config.train.device))
     run = run_groupers(predictor, dataset, groupers, config.eval.max_images, config.eval.num_overlays)
-    results = score_groupers(run, class_names, config.eval.max_dets)
+    ev = config.eval
+    results = score_groupers(run, class_names, ev.max_dets, ev.metrics, ev.iou_thresholds, ev.map_r_thresholds)
 
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -43,10 +44,12 @@ def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], gr
     figure = plot_grouping_comparison(run.images, run.ground_truth[: len(run.images)],
                                       {n: p[: len(run.images)] for n, p in run.predictions.items()},
                                       run_dir / f"overlays_{split}.png")
-    rows = {name: {k: m[k] for k in TABLE_KEYS} for name, m in results.items()}
-    print(f"\nCOCO mask AP on {split} ({len(run.ground_truth)} images, maxDets {config.eval.max_dets}), "
-          f"percent; class-aware unless marked agnostic")
-    print(format_table(rows, keys=TABLE_KEYS, first="grouper"))
+    keys = metric_columns(results, TABLE_KEYS)  # the columns of the metrics the config asked for
+    coco = (f"COCO mask AP with maxDets {ev.max_dets}, class-aware unless marked agnostic; "
+            if "coco" in ev.metrics else "")
+    print(f"\n{', '.join(ev.metrics)} on {split} ({len(run.ground_truth)} images); {coco}"
+          f"percent, except DiC / abs_DiC (objects per image)")
+    print(format_table(results, keys=keys, first="grouper"))
     timing = {n: {"group ms (median)": m["group_ms_median"], "inst/img": m["instances_per_image"]}
               for n, m in results.items()}
     print("\nnetwork {:.1f} ms/image (median); ".format(np.median(run.network_ms))
@@ -83,6 +86,44 @@ def cmd_evaluate(args) -> int:
     config, model, ckpt = load_run(args.run_dir, overrides)
     names = args.grouping.split(",") if args.grouping else list(config.grouping)
     evaluate_and_report(Path(args.run_dir), config, model, ckpt["class_names"], names, args.split or config.eval.split)
+    return 0
+
+
+def cmd_compare_grouping(args) -> int:
+    from embedseg.engine.evaluator import compare_groupers, format_grouping_table
+    from embedseg.engine.run import load_run
+    from embedseg.viz import plot_ap_vs_time, plot_grouping_comparison
+
+    run_dir = Path(args.run_dir)
+    config, model, ckpt = load_run(run_dir, args.set)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    split = args.split or config.eval.split
+    paths = {what: run_dir / f"grouping_{split}{suffix}" for what, suffix in
+             (("table", ".md"), ("json", ".json"), ("overlays", "_overlays.png"), ("ap_time", "_ap_vs_time.png"))}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not args.overwrite:  # checked before the slow part
+        raise FileExistsError(f"{', '.join(existing)} already exist; use --overwrite to replace them")
+    names = [n.strip() for n in args.groupers.split(",") if n.strip()] if args.groupers else None
+    max_images = args.max_images if args.max_images is not None else config.eval.max_images
+    results, run = compare_groupers(config, model, ckpt["class_names"], names, split, max_images)
+
+    network_ms = float(np.median(run.network_ms))
+    title = (f"Grouping on {split} of {run_dir} ({len(run.ground_truth)} images): COCO mask AP (percent, "
+             f"maxDets {config.eval.max_dets}), instances per image, grouping time per image (network "
+             f"{network_ms:.1f} ms/image, run once for all groupers)")
+    table = format_grouping_table(results)
+    paths["table"].write_text(f"{title}\n\n{table}\n")
+    paths["json"].write_text(json.dumps({"split": split, "num_images": len(run.ground_truth),
+                                         "network_ms_median": network_ms, "groupers": results}, indent=2))
+    n = len(run.images)
+    plot_grouping_comparison(run.images, run.ground_truth[:n], {k: p[:n] for k, p in run.predictions.items()},
+                             paths["overlays"])
+    plot_ap_vs_time(results, paths["ap_time"], title=f"{run_dir.name}, {split} ({len(run.ground_truth)} images)")
+    print(f"\n{title}\n\n{table}\n")
+    print("\n".join(f"{what + ':':9}{path}" for what, path in paths.items()))
     return 0
 
 
@@ -150,6 +191,27 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    import yaml
+
+    from embedseg.data.check import check_dataset, format_report
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE, e.g. annotations=instances_{{split}}.json")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:  # e.g. "{split}/images": not YAML, meant as a plain string
+            value = text
+        # "{split}" parses as a YAML mapping, but dataset parameters are never mappings: keep the text
+        params[key.strip()] = text if isinstance(value, dict) else value
+    reports = check_dataset(args.root, args.splits.split(","), args.format, params)
+    print(format_report(reports, args.root, args.format))
+    return 1 if any(r.problems for r in reports) else 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -179,6 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("compare-grouping", help="every grouper on the same network outputs: AP and time table, figures")
+    p.add_argument("run_dir")
+    p.add_argument("--groupers", help="grouper names, comma separated (default: every registered grouper, with "
+                                      "the config's parameters where it has a grouping block)")
+    p.add_argument("--split", help="split to compare on (default: eval.split of the config)")
+    p.add_argument("--max-images", type=int, help="use only the first N images")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the network and the groupers (default: "
+                                               "torch's; 1 gives steadier times on a busy machine)")
+    add_set(p)
+    p.set_defaults(func=cmd_compare_grouping)
+
     p = sub.add_parser("predict", help="instance label PNGs, COCO results JSON and overlays for images")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files or folders")
@@ -198,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=cmd_data_synth)
+    q = data_sub.add_parser("check", help="counts, sizes, instances per image and every problem of a data set "
+                                          "(exit status 1 when there are problems)")
+    q.add_argument("root", help="data set root (relative: looked up under $EMBEDSEG_DATA, then here)")
+    q.add_argument("--splits", default="train,val", help="comma separated splits (default train,val)")
+    q.add_argument("--format", default="folder", help="dataset name: folder (default), coco, cityscapes, ...")
+    q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset parameter (YAML value), e.g. --param annotations=instances_{split}.json")
+    q.set_defaults(func=cmd_data_check)
     return parser
 
 

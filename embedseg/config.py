@@ -30,6 +30,11 @@ class DataConfig:
     crop_size: int | None = None  # random crops of this side for training (None: whole images)
     flip: bool = True  # random horizontal and vertical flips
     rot90: bool = True  # random multiples of 90 degrees
+    scale_range: list[float] | None = None  # [lo, hi] random zoom (log-uniform); bilinear image, nearest labels
+    rotate_degrees: float = 0.0  # random rotation in [-r, r] degrees; uncovered pixels are ignored
+    brightness: float = 0.0  # additive intensity jitter, fraction of the range (image only)
+    contrast: float = 0.0  # multiplicative contrast jitter about the image mean (image only)
+    gamma: float = 0.0  # intensity ** g, log g uniform in [-gamma, gamma] (image only)
 
 
 @dataclass
@@ -52,7 +57,12 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     split: str = "val"
-    max_dets: int = 100  # detections per image kept by COCOeval
+    # detections per image kept by COCOeval; COCO's 100 gives the same AP unless an image has more
+    max_dets: int = 1000
+    # metrics written to metrics.json: coco, matching_ap, sbd, dic, map_r (embedseg.evaluation)
+    metrics: list[str] = field(default_factory=lambda: ["coco"])
+    iou_thresholds: list[float] = field(default_factory=lambda: [0.5])  # of matching_ap
+    map_r_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # of map_r
     max_images: int | None = None  # evaluate only the first N images of the split
     num_overlays: int = 4  # images drawn into overlays.png
 
@@ -80,6 +90,7 @@ class Config:
 
 SCHEDULES = ("poly", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+METRICS = ("coco", "matching_ap", "sbd", "dic", "map_r")  # "coco" + evaluation.MATCHING_METRICS
 
 
 # ----------------------------------------------------------------------------- loading
@@ -97,7 +108,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         base_raw = _read_yaml(base_path)
         if "base" in base_raw:
             raise ConfigError(f"{base_path}: a base config cannot have a base of its own (one level only)")
-        raw = merge(base_raw, raw)
+        merged = merge(base_raw, raw)
+        if isinstance(raw.get("grouping"), dict) and isinstance(merged.get("grouping"), dict):
+            # The first grouper is the default: the groupers a file lists come before its base's.
+            merged["grouping"] = {**{k: merged["grouping"][k] for k in raw["grouping"]}, **merged["grouping"]}
+        raw = merged
     for item in overrides:
         apply_override(raw, item)
     return config_from_dict(raw, where=str(path))
@@ -280,7 +295,15 @@ def validate_components(config: Config, where: str) -> None:
     for term, block in config.loss.items():
         if isinstance(block, dict) and "weight" in block:
             _check_type(block["weight"], float, where, f"loss.{term}.weight")
-            block = {k: v for k, v in block.items() if k != "weight"}  # the criterion's, not the loss's
+        if isinstance(block, dict) and "ramp" in block:
+            from embedseg.losses import WeightRamp
+
+            try:
+                WeightRamp.from_config(block["ramp"], f"loss.{term}.ramp")
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}") from None
+        if isinstance(block, dict):  # weight and ramp are the criterion's, not the loss's
+            block = {k: v for k, v in block.items() if k not in ("weight", "ramp")}
         _check_component(LOSSES, block, where, f"loss.{term}")
     if not config.grouping:
         raise ConfigError(f"{where}: grouping needs at least one grouper; choices: {', '.join(GROUPERS.names())}")
@@ -293,6 +316,15 @@ def validate_components(config: Config, where: str) -> None:
         _check_params(GROUPERS, name, params, where, f"grouping.{name}")
     _check_choice(config.train.schedule, SCHEDULES, where, "train.schedule")
     _check_choice(config.train.device, DEVICES, where, "train.device")
+    if not config.eval.metrics:
+        raise ConfigError(f"{where}: eval.metrics needs at least one metric; choices: {', '.join(METRICS)}")
+    for i, metric in enumerate(config.eval.metrics):
+        _check_choice(metric, METRICS, where, f"eval.metrics[{i}]")
+    for key in ("iou_thresholds", "map_r_thresholds"):
+        values = getattr(config.eval, key)
+        if not values or any(not 0 < t <= 1 for t in values):
+            raise ConfigError(f"{where}: eval.{key} = {values!r}: expected a non-empty list of "
+                              f"IoU thresholds in (0, 1]")
     for key, value in (("train.steps", config.train.steps), ("train.batch_size", config.train.batch_size),
                        ("eval.max_dets", config.eval.max_dets)):
         if value < 1:

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401  (matplotlib.ticker.* below)
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -53,6 +54,38 @@ def plot_grouping_comparison(images: list[np.ndarray], ground_truth: list[Instan
             axes[r, c].imshow(panel)
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_ap_vs_time(results: dict[str, dict], path: str | Path, title: str | None = None) -> Path:
+    """Scatter of COCO AP (percent) against the median ms per image of grouping, one point per grouper.
+
+    `results` is {grouper: metrics} as score_groupers returns it (AP, group_ms_median,
+    group_ms_p90); a bar runs from the median to the p90 time. The time axis is logarithmic,
+    since groupers differ by orders of magnitude.
+    """
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    colors = [plt.get_cmap("tab10")(i % 10) for i in range(len(names))]
+    aps = [100 * results[n]["AP"] if np.isfinite(results[n].get("AP", np.nan)) else 0.0 for n in names]
+    for name, color, ap in zip(names, colors, aps):
+        m = results[name]
+        median, p90 = m["group_ms_median"], m["group_ms_p90"]
+        ax.errorbar([median], [ap], xerr=[[0.0], [max(p90 - median, 0.0)]], fmt="o", color=color, capsize=3)
+        ax.annotate(name, (median, ap), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("grouping time per image, ms (median, bar to p90)")
+    ax.set_ylabel("COCO mask AP (%)")
+    ax.set_ylim(0, min(105.0, max(5.0, 1.15 * max(aps, default=0.0))))
+    ax.grid(True, which="both", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,62 +3,100 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from embedseg.evaluation import evaluate_coco
 from embedseg.grouping import GROUPERS, build_grouper
+from embedseg.grouping.base import mask_iou, mask_nms, masks_from_assignment, split_disconnected, squared_distances
+from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
+SIDE = 12  # square instances of 12 x 12 pixels
 
-def planted(touching: bool, num_classes: int = 2, dim: int = 8, seed: int = 0, noise: float = 0.05):
-    """Six square instances on a 48x48 image with well-separated embedding centres.
+
+def class_probability(k: int) -> float:
+    """Mean probability of its class inside instance k (1..6): 0.45 ... 0.95."""
+    return 0.35 + 0.1 * k
+
+
+def seediness_of(k: int) -> float:
+    return 0.5 + k / 20.0
+
+
+def planted(touching: bool = False, num_classes: int = 2, dim: int = 8, seed: int = 0, noise: float = 0.05,
+            size: int = 48):
+    """Six square instances with well-separated embedding centres; returns (outputs, ground truth).
 
     With touching=True the squares of a row share edges (one connected foreground per class).
-    Instance k has class 1 + k % num_classes... per row when touching, and seediness 0.5 + k/20.
+    Instance k (1..6, row by row) has class 1 + row % num_classes, seediness 0.5 + k/20 and class
+    probability 0.35 + 0.1 k, so every grouper's scores rise with k. All instances carry the same
+    noise pattern around their centre, so their clusters have the same shape (and HDBSCAN gives
+    them the same membership strengths).
     """
     rng = np.random.default_rng(seed)
-    h = w = 48
+    h = w = size
     label_map = np.zeros((h, w), np.int32)
     semantic_map = np.zeros((h, w), np.int64)
+    class_prob = np.zeros((h, w))
     gap = 0 if touching else 4
+    centres = rng.normal(size=(7, dim))
+    centres *= 4.0 / np.linalg.norm(centres, axis=1, keepdims=True)  # on a sphere of radius 4: far apart
+    embedding = rng.normal(size=(h, w, dim))  # background: anything
+    pattern = noise * rng.normal(size=(SIDE, SIDE, dim))
     k = 0
     for row in range(2):
         for col in range(3):
             k += 1
-            y0, x0 = 4 + row * 20, 2 + col * (12 + gap)
-            label_map[y0:y0 + 12, x0:x0 + 12] = k
-            semantic_map[y0:y0 + 12, x0:x0 + 12] = 1 + row % num_classes
-    centres = rng.normal(size=(k + 1, dim))
-    centres *= 4.0 / np.linalg.norm(centres, axis=1, keepdims=True)  # on a sphere of radius 4: far apart
-    embedding = (centres[label_map] + noise * rng.normal(size=(h, w, dim))).transpose(2, 0, 1)
-    semantic = np.full((num_classes + 1, h, w), 0.05)
-    semantic[semantic_map, np.arange(h)[:, None], np.arange(w)] = 0.9
+            y0, x0 = 4 + row * 20, 2 + col * (SIDE + gap)
+            box = np.s_[y0:y0 + SIDE, x0:x0 + SIDE]
+            label_map[box] = k
+            semantic_map[box] = 1 + row % num_classes
+            class_prob[box] = class_probability(k)
+            embedding[box] = centres[k] + pattern
+    rest = np.where(label_map > 0, (1 - class_prob) / num_classes, 0.05 / num_classes)  # spread over the others
+    semantic = rest[None].repeat(num_classes + 1, 0)
+    semantic[0][label_map == 0] = 0.95
+    yy, xx = np.nonzero(label_map)
+    semantic[semantic_map[yy, xx], yy, xx] = class_prob[yy, xx]
     seediness = np.where(label_map > 0, 0.5 + label_map / 20.0, 0.0)
-    outputs = {"embedding": embedding.astype(np.float32), "semantic": semantic.astype(np.float32),
+    outputs = {"embedding": embedding.transpose(2, 0, 1).astype(np.float32), "semantic": semantic.astype(np.float32),
                "seediness": seediness.astype(np.float32)}
     return outputs, Instances.from_label_map(label_map, labels=semantic_map)
 
 
-@pytest.mark.parametrize("touching", [False, True])
-def test_meanshift_recovers_planted_clusters(touching):
-    outputs, gt = planted(touching)
-    pred = build_grouper("meanshift", bandwidth=1.0, min_size=5)(outputs)
-    assert len(pred) == 6
+def instance_ids(pred: Instances, gt: Instances) -> list[int]:
+    """Ground-truth id under each predicted mask (which must lie inside exactly one instance)."""
+    label_map = gt.to_label_map()
+    ids = []
+    for mask in pred.masks:
+        under = np.unique(label_map[mask])
+        assert len(under) == 1, f"a predicted mask covers ground-truth ids {under}"
+        ids.append(int(under[0]))
+    return ids
+
+
+def assert_exact_recovery(pred: Instances, gt: Instances):
     assert evaluate_coco([gt], [pred])["AP"] == pytest.approx(1.0)
-    # Classes from the semantic head; scores = seed seediness x class confidence, so ordered by id.
-    order = np.argsort(-pred.scores)
-    ids = [int(np.unique(gt.to_label_map()[m])[0]) for m in pred.masks[order]]
-    assert ids == [6, 5, 4, 3, 2, 1]
-    assert pred.scores.max() == pytest.approx((0.5 + 6 / 20) * 0.9, rel=1e-5)
+    assert sorted(m.tobytes() for m in pred.masks) == sorted(m.tobytes() for m in gt.masks), \
+        "masks differ from the planted ones"
 
 
-def test_components_recovers_separated_but_merges_touching():
+# ----------------------------------------------------------------------------- every registered grouper
+
+
+@pytest.mark.parametrize("name", GROUPERS.names())
+def test_every_grouper_recovers_planted_clusters_with_classes_and_ordered_scores(name):
     outputs, gt = planted(touching=False)
-    pred = build_grouper("components", min_size=5)(outputs)
-    assert evaluate_coco([gt], [pred])["AP"] == pytest.approx(1.0)
-    outputs, gt = planted(touching=True)
-    pred = build_grouper("components", min_size=5)(outputs)
-    assert len(pred) == 2  # one region per row/class: the baseline embeddings must beat
-    assert sorted(pred.labels.tolist()) == [1, 2]
+    pred = build_grouper(name)(outputs)
+    assert len(pred) == 6 and pred.image_size == gt.image_size
+    assert_exact_recovery(pred, gt)
+    ids = instance_ids(pred, gt)
+    gt_class = dict(zip(range(1, 7), gt.labels))
+    assert pred.labels.tolist() == [gt_class[i] for i in ids]
+    # Scores rise with the seediness and the class confidence of the planted instance.
+    order = np.argsort(-pred.scores, kind="stable")
+    assert [ids[i] for i in order] == [6, 5, 4, 3, 2, 1]
+    assert np.all((pred.scores > 0) & (pred.scores <= 1))
 
 
 @pytest.mark.parametrize("name", GROUPERS.names())
@@ -70,36 +108,249 @@ def test_every_grouper_handles_empty_foreground(name):
     assert len(pred) == 0 and pred.image_size == (48, 48)
 
 
+# Parameters that make each sampling grouper subsample this small image, so random_state matters.
+SMALL_SAMPLES = {"meanshift": {"sample_size": 100}, "seeds": {"num_candidates": 60}, "hdbscan": {"sample_size": 300}}
+
+
 @pytest.mark.parametrize("name", GROUPERS.names())
-def test_every_grouper_returns_scored_classed_instances(name):
-    outputs, gt = planted(touching=False, seed=3)
-    pred = build_grouper(name)(outputs)
-    assert len(pred) > 0
-    assert set(pred.labels.tolist()) <= {1, 2}
-    assert np.all((pred.scores > 0) & (pred.scores <= 1))
-    assert pred.image_size == gt.image_size
-
-
-def test_meanshift_without_seediness_is_reproducible_for_a_random_state():
-    outputs, gt = planted(touching=True, noise=0.1)
-    del outputs["seediness"]
-    a = build_grouper("meanshift", random_state=3)(outputs)
-    b = build_grouper("meanshift", random_state=3)(outputs)
+def test_every_grouper_is_reproducible_for_a_random_state(name):
+    outputs, gt = planted(touching=False, noise=0.1)
+    del outputs["seediness"]  # without seediness the samplers fall back on random priorities
+    params = dict(SMALL_SAMPLES.get(name, {}))
+    if "random_state" in GROUPERS.parameters(name):
+        params["random_state"] = 3
+    a, b = build_grouper(name, **params)(outputs), build_grouper(name, **params)(outputs)
     np.testing.assert_array_equal(a.masks, b.masks)
     np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.labels, b.labels)
     assert evaluate_coco([gt], [a])["AP"] == pytest.approx(1.0)
+    if "random_state" in params:  # another draw still finds the planted clusters
+        params["random_state"] = 4
+        assert evaluate_coco([gt], [build_grouper(name, **params)(outputs)])["AP"] == pytest.approx(1.0)
 
 
-def test_torch_inputs_are_accepted():
-    import torch
+@pytest.mark.parametrize("name", GROUPERS.names())
+def test_every_grouper_accepts_torch_inputs(name):
+    outputs, gt = planted(touching=False)
+    pred = build_grouper(name)({k: torch.from_numpy(v) for k, v in outputs.items()})
+    assert_exact_recovery(pred, gt)
 
+
+@pytest.mark.parametrize("name", sorted(set(GROUPERS.names()) - {"components"}))
+def test_embedding_groupers_split_touching_objects(name):
     outputs, gt = planted(touching=True)
-    pred = build_grouper("meanshift")({k: torch.from_numpy(v) for k, v in outputs.items()})
-    assert evaluate_coco([gt], [pred])["AP"] == pytest.approx(1.0)
+    assert_exact_recovery(build_grouper(name)(outputs), gt)
+
+
+@pytest.mark.parametrize("name", sorted(set(GROUPERS.names()) - {"components"}))
+def test_split_disconnected_separates_far_apart_look_alikes(name):
+    outputs, gt = planted(touching=False)
+    label_map = gt.to_label_map()
+    # Instance 3 (top right) gets the embedding of instance 1 (top left, same class): one cluster, two places.
+    outputs["embedding"][:, label_map == 3] = outputs["embedding"][:, label_map == 1]
+    merged = build_grouper(name)(outputs)
+    assert len(merged) == 5
+    split = build_grouper(name, split_disconnected=True)(outputs)
+    assert len(split) == 6
+    np.testing.assert_array_equal(split.to_label_map() > 0, label_map > 0)
+    assert evaluate_coco([gt], [split])["AP"] == pytest.approx(1.0)
+
+
+def test_split_disconnected_by_hand():
+    masks = torch.zeros(2, 5, 6, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True  # mask 0: two squares of 4 pixels, diagonal neighbours only
+    masks[0, 2:4, 2:4] = True
+    masks[1, 2, :] = True  # mask 1: a line of 6 pixels and a lone pixel
+    masks[1, 4, 0] = True
+    parts, scores = split_disconnected(masks, torch.tensor([0.9, 0.5]), min_size=2)
+    assert [int(p.sum()) for p in parts] == [4, 4, 6]  # 4-connectivity; the lone pixel is dropped
+    assert scores.tolist() == pytest.approx([0.9, 0.9, 0.5])
+    assert torch.equal(parts.any(0), masks[0] | masks[1] & ~(torch.arange(5)[:, None] == 4))
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def test_mask_iou_and_nms_by_hand():
+    masks = torch.tensor([[1, 1, 1, 1, 0, 0],   # area 4
+                          [1, 1, 1, 0, 0, 0],   # IoU with 0: 3/4
+                          [0, 0, 0, 1, 1, 1],   # IoU with 0: 1/6, with 1: 0
+                          [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    iou = mask_iou(masks, masks)
+    assert iou[0, 1] == pytest.approx(0.75) and iou[0, 2] == pytest.approx(1 / 6) and iou[1, 2] == 0
+    assert iou[2, 3] == pytest.approx(2 / 3) and torch.allclose(iou.diag(), torch.ones(4))
+    scores = torch.tensor([0.5, 0.9, 0.8, 0.7])
+    assert mask_nms(masks, scores, 0.5).tolist() == [1, 2]  # 0 overlaps 1, 3 overlaps 2
+    assert mask_nms(masks, scores, 0.7).tolist() == [1, 2, 3]  # 2/3 < 0.7 keeps 3; 0 still overlaps 1
+    assert mask_nms(masks, scores, 0.8).tolist() == [1, 2, 3, 0]
+
+
+def test_squared_distances_and_masks_from_assignment():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    centres = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert squared_distances(x, centres).tolist() == [[0.0, 1.0], [25.0, 18.0]]
+    assignment = torch.tensor([0, 0, -1, 2, 0])  # cluster 1 is empty, cluster 2 has one pixel
+    masks, kept = masks_from_assignment(assignment, torch.tensor([0, 1, 2, 3, 5]), 3, (2, 3), min_size=2)
+    assert kept.tolist() == [0]
+    assert masks.tolist() == [[[True, True, False], [False, False, True]]]
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_seed_choice_maximises_seediness_times_distance_power():
+    x = torch.tensor([[0.0], [0.1], [3.0], [6.0]])
+    seediness = torch.tensor([0.9, 1.0, 0.5, 0.2])
+    choose = lambda **kw: build_grouper("seeds", **kw)._choose_seeds(x, seediness.clone()).tolist()  # noqa: E731
+    # First the most seedy pixel (1); pixel 0 is inside its mask. Then 2 (0.5 * 2.9 > 0.2 * 5.9), then 3.
+    assert choose() == [1, 2, 3]
+    assert choose(power=2.0) == [1, 3, 2]  # 0.2 * 5.9^2 = 6.96 > 0.5 * 2.9^2 = 4.2
+    assert choose(exclude_covered=False) == [1, 2, 3, 0]  # 0 is last: 0.9 * 0.1
+    assert choose(max_seeds=2) == [1, 2]
+    assert choose(min_seediness=0.3) == [1, 2]
+
+
+def test_seed_masks_use_pair_similarity_at_each_tau_and_suppress_duplicates():
+    # One row of five foreground pixels with 1-d embeddings.
+    values = np.array([0.0, 0.3, 1.0, 5.0, 5.2], np.float32)
+    # Seeds: pixel 0 first, then 3 (pixel 1 lies inside 0's mask, 4 inside 3's; 2 is not seedy enough).
+    outputs = {"embedding": values[None, None], "seediness": np.array([[0.9, 0.8, 0.05, 0.6, 0.55]], np.float32),
+               "semantic": np.array([[[0.0] * 5], [[1.0] * 5]], np.float32)}
+    # sigma(d^2) > tau  <=>  d^2 < ln((2 - tau) / tau): 0.2007 at tau 0.9, 1.735 at tau 0.3.
+    assert float(pair_similarity(torch.tensor(np.log(1.1 / 0.9)))) == pytest.approx(0.9)
+    grouper = build_grouper("seeds", tau=[0.9, 0.3], min_size=1, iou_threshold=0.7)
+    pred = grouper(outputs)
+    masks = {tuple(np.nonzero(m[0])[0]) for m in pred.masks}
+    assert masks == {(0, 1, 2), (0, 1), (3, 4)}  # tau 0.3 and 0.9 around pixel 0; pixels 3-4 at both taus
+    # IoU of (0, 1) with (0, 1, 2) is 2/3: above 0.5 the smaller (tau 0.9) mask of the same seed goes.
+    pred = build_grouper("seeds", tau=[0.9, 0.3], min_size=1, iou_threshold=0.5)(outputs)
+    assert {tuple(np.nonzero(m[0])[0]) for m in pred.masks} == {(0, 1, 2), (3, 4)}
+    assert sorted(pred.scores.tolist()) == pytest.approx([0.6, 0.9])
+
+
+def test_seeds_parameters_are_checked():
+    for bad in ({"tau": 1.5}, {"tau": []}, {"max_seeds": 0}, {"power": -1.0}, {"iou_threshold": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            build_grouper("seeds", **bad)
+
+
+# ----------------------------------------------------------------------------- meanshift
+
+
+@pytest.mark.parametrize("touching", [False, True])
+def test_meanshift_scores_are_seed_seediness_times_class_confidence(touching):
+    outputs, gt = planted(touching)
+    pred = build_grouper("meanshift", bandwidth=1.0, min_size=5)(outputs)
+    assert_exact_recovery(pred, gt)
+    expected = {k: seediness_of(k) * class_probability(k) for k in range(1, 7)}
+    np.testing.assert_allclose(pred.scores, [expected[i] for i in instance_ids(pred, gt)], rtol=1e-5)
+
+
+def test_meanshift_finds_a_small_object_its_first_sample_missed():
+    outputs, gt = planted(touching=False, size=96)
+    # Move the six squares' embeddings apart from a new 2x2 object in a corner, far from all.
+    label_map = gt.to_label_map()
+    label_map[90:92, 90:92] = 7
+    outputs["embedding"][:, 90:92, 90:92] = -4.0
+    outputs["semantic"][:, 90:92, 90:92] = np.array([0.0, 1.0, 0.0])[:, None, None]
+    outputs["seediness"][90:92, 90:92] = 0.1
+    gt = Instances.from_label_map(label_map, labels=np.where(label_map == 7, 1, gt.to_semantic_map()))
+    pred = build_grouper("meanshift", min_size=4, sample_size=50)(outputs)  # 50 of 868 pixels
+    assert_exact_recovery(pred, gt)
+
+
+def test_meanshift_without_subsampling_equals_the_sampled_result():
+    outputs, gt = planted(touching=True, noise=0.1)
+    full = build_grouper("meanshift", sample_size=None)(outputs)
+    sampled = build_grouper("meanshift", sample_size=64, seeds_per_round=1)(outputs)
+    assert_exact_recovery(full, gt)
+    assert_exact_recovery(sampled, gt)
+
+
+# ----------------------------------------------------------------------------- hdbscan
+
+
+@pytest.mark.parametrize("params", [{"projection": "pca", "n_components": 4},
+                                    {"projection": "random", "n_components": 6}, {"projection": None},
+                                    {"sample_size": None}, {"sample_size": 200, "cluster_selection_method": "leaf"}])
+def test_hdbscan_options_recover_planted_clusters(params):
+    outputs, gt = planted(touching=True)
+    assert_exact_recovery(build_grouper("hdbscan", **params)(outputs), gt)
+
+
+def test_hdbscan_scores_are_membership_times_class_confidence():
+    outputs, gt = planted(touching=False)
+    pred = build_grouper("hdbscan")(outputs)
+    membership = pred.scores / np.array([class_probability(k) for k in instance_ids(pred, gt)])
+    # Identically shaped clusters: the same membership strength for each, at most 1.
+    assert np.all(membership <= 1 + 1e-6) and np.ptp(membership) < 1e-5
+
+
+def test_hdbscan_max_distance_leaves_far_pixels_out():
+    outputs, gt = planted(touching=False)
+    outputs["embedding"][:, 4, 2] += 2.0  # one pixel of instance 1 moved far from its centre
+    pred = build_grouper("hdbscan", max_distance=1.0)(outputs)
+    assert pred.masks.sum() == gt.masks.sum() - 1 and not pred.masks[:, 4, 2].any()
 
 
 def test_bad_parameters_are_errors():
     with pytest.raises(ValueError, match="bandwidth must be positive"):
         build_grouper("meanshift", bandwidth=0)
+    with pytest.raises(ValueError, match="projection must be one of"):
+        build_grouper("hdbscan", projection="umap")
     with pytest.raises(KeyError, match="unknown grouper 'kmeans'; choose one of"):
         build_grouper("kmeans")
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def test_components_merges_touching_objects_of_one_class():
+    outputs, gt = planted(touching=True)
+    pred = build_grouper("components", min_size=5)(outputs)
+    assert len(pred) == 2  # one region per row/class: the baseline embeddings must beat
+    assert sorted(pred.labels.tolist()) == [1, 2]
+
+
+# ----------------------------------------------------------------------------- compare-grouping
+
+
+def test_compare_grouping_cli_writes_table_and_figures(tmp_path, tiny_config_file, capsys):
+    import json
+
+    from embedseg.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_config_file), "--out", str(run_dir), "--no-eval"]) == 0
+    capsys.readouterr()
+    assert main(["compare-grouping", str(run_dir), "--max-images", "2", "--set", "grouping.seeds.tau=[0.5,0.7]"]) == 0
+    printed = capsys.readouterr().out
+    for name in GROUPERS.names():  # every registered grouper by default
+        assert f"| {name} |" in printed
+    assert "ms median" in printed and "2 images" in printed
+    saved = json.loads((run_dir / "grouping_val.json").read_text())
+    assert saved["num_images"] == 2 and list(saved["groupers"])[:2] == ["meanshift", "components"]  # config's first
+    for metrics in saved["groupers"].values():
+        assert 0.0 <= metrics["AP"] <= 1.0 and metrics["group_ms_median"] <= metrics["group_ms_p90"]
+    assert (run_dir / "grouping_val.md").read_text().count("\n| ") == 1 + len(GROUPERS.names())
+    assert (run_dir / "grouping_val_overlays.png").stat().st_size > 0
+    assert (run_dir / "grouping_val_ap_vs_time.png").stat().st_size > 0
+
+    # Earlier results are not overwritten silently; unknown groupers are named.
+    assert main(["compare-grouping", str(run_dir), "--groupers", "seeds"]) == 2
+    assert "grouping_val.md" in capsys.readouterr().err
+    assert main(["compare-grouping", str(run_dir), "--groupers", "seeds,kmeans", "--overwrite"]) == 2
+    assert "unknown grouper 'kmeans'" in capsys.readouterr().err
+    assert main(["compare-grouping", str(run_dir), "--groupers", "seeds", "--max-images", "1", "--overwrite"]) == 0
+    assert list(json.loads((run_dir / "grouping_val.json").read_text())["groupers"]) == ["seeds"]
+
+
+def test_plot_ap_vs_time(tmp_path):
+    from PIL import Image
+
+    from embedseg.viz import plot_ap_vs_time
+
+    results = {"a": {"AP": 0.8, "group_ms_median": 12.0, "group_ms_p90": 20.0},
+               "b": {"AP": float("nan"), "group_ms_median": 900.0, "group_ms_p90": 950.0}}
+    path = plot_ap_vs_time(results, tmp_path / "ap.png", title="t")
+    assert Image.open(path).size[0] > 100

@@ -150,3 +150,69 @@ def test_every_registered_loss_runs_and_backpropagates(name):
     out = build_loss(name).compute(outputs, batch)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
+
+
+# ----------------------------------------------------------------------------- weight schedule (ramps)
+
+
+def test_weight_ramp_is_linear_between_its_steps():
+    from embedseg.losses import WeightRamp
+
+    ramp = WeightRamp.from_config({"start_factor": 0.2, "start_step": 10, "end_step": 20})
+    assert [ramp.factor(s) for s in (0, 10, 15, 19, 20, 500)] == pytest.approx([0.2, 0.2, 0.6, 0.92, 1.0, 1.0])
+    assert ramp.factor(None) == 1.0  # no training step (evaluation): the full weight
+    assert WeightRamp.from_config({"end_step": 4}).factor(1) == pytest.approx(0.25)  # defaults: from 0 at step 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"start_factor": 0.0}, "loss.semantic.ramp.end_step is required"),
+    ({"end_step": 10, "length": 3}, "unknown key loss.semantic.ramp.length"),
+    ({"end_step": 5, "start_step": 5}, "end_step = 5 must be greater than loss.semantic.ramp.start_step"),
+    ({"end_step": 2.5}, "loss.semantic.ramp.end_step = 2.5: expected an integer"),
+    ({"end_step": 10, "start_factor": -1}, "loss.semantic.ramp.start_factor = -1"),
+    ([0, 10], "loss.semantic.ramp must be a mapping"),
+])
+def test_bad_ramp_is_a_config_error_naming_file_and_key(tmp_path, spec, message):
+    import yaml
+
+    from embedseg.config import ConfigError, load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"loss": {"semantic": {"name": "cross_entropy", "weight": 1.0, "ramp": spec}}}))
+    with pytest.raises(ConfigError, match="bad.yaml") as err:
+        load_config(path)
+    assert message in str(err.value)
+
+
+def test_criterion_applies_ramps_and_reports_weights():
+    emb, ids = image([(0, 0), (2, 0), (1, 0)], [1, 1, 1])  # discriminative loss 1/6 + 0.001
+    criterion = build_criterion({
+        "embedding": {"name": "discriminative", "weight": 2.0, "ramp": {"start_factor": 0.5, "end_step": 10}},
+        "copy": {"name": "discriminative", "weight": 1.0},
+    })
+    value = 1 / 6 + 0.001
+    for step, weight in ((0, 1.0), (5, 1.5), (10, 2.0), (None, 2.0)):
+        out = criterion({"embedding": emb}, {"instances": ids}, step=step)
+        assert out["weight.embedding"].item() == pytest.approx(weight)
+        assert out["weight.copy"].item() == 1.0
+        assert out["embedding"].item() == pytest.approx(weight * value)
+        assert out["loss"].item() == pytest.approx((weight + 1.0) * value)
+
+
+def test_trainer_logs_ramped_weights(tmp_path, tiny_config_file):
+    import json
+
+    from embedseg.config import load_config
+    from embedseg.engine.trainer import train
+
+    config = load_config(tiny_config_file, [
+        "loss.embedding={name: metric, weight: 1.0, pixels_per_instance: 8, max_pixels: 64}",
+        "loss.seediness={name: seed_iou, weight: 1.0, pixels_per_instance: 4, max_pixels: 32}",
+        "loss.semantic.ramp={start_factor: 0.0, end_step: 2}",
+    ])
+    run_dir = train(config, tmp_path / "run")
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    # The trainer passes the index of the update (0, then 1) to the criterion.
+    assert [r["weight.semantic"] for r in records] == [0.0, 0.5]
+    assert [r["weight.embedding"] for r in records] == [1.0, 1.0]
+    assert {"embedding.same", "embedding.diff", "seediness.target"} <= set(records[0])

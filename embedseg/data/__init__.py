@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from embedseg.data.base import DATASETS
-from embedseg.data.folder import FolderDataset, write_dataset
+from embedseg.data.cityscapes import CityscapesDataset
+from embedseg.data.coco import CocoDataset
+from embedseg.data.folder import FolderDataset, resolve_root, write_dataset
 from embedseg.data.synthetic import SyntheticShapes
 
-__all__ = ["DATASETS", "FolderDataset", "SyntheticShapes", "build_dataset", "write_dataset"]
+__all__ = ["DATASETS", "CityscapesDataset", "CocoDataset", "FolderDataset", "SyntheticShapes", "build_dataset",
+           "resolve_root", "write_dataset"]
 
 
 def build_dataset(name: str, split: str, **params):

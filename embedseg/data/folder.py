@@ -8,12 +8,16 @@ Layout::
     <root>/<split>/semantic/<stem>.png              optional per-pixel class map (0 = background);
                                                     without the folder every instance is class 1
 
-`write_dataset` writes any dataset of the sample contract in this layout.
+A relative `root` is looked up under `$EMBEDSEG_DATA` first, then in the current directory
+(`resolve_root`, shared by every file-based adapter). `write_dataset` writes any dataset of the
+sample contract in this layout.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,29 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff")
 SEMANTIC_EXTENSIONS = (".png",)
+DATA_ENV = "EMBEDSEG_DATA"
+
+
+def resolve_root(root: str | os.PathLike, what: str = "dataset") -> Path:
+    """The existing folder that a dataset's `root` parameter names.
+
+    Absolute (or `~`) paths are taken as given. A relative path is looked up under
+    `$EMBEDSEG_DATA` when that is set, then relative to the current directory, so configs can say
+    `root: dsb2018` and every machine points EMBEDSEG_DATA at its own data folder. The error
+    names every place that was looked at.
+    """
+    path = Path(root).expanduser()
+    candidates = [path]
+    if not path.is_absolute():
+        base = os.environ.get(DATA_ENV)
+        candidates = ([Path(base).expanduser() / path] if base else []) + [Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    hint = "" if path.is_absolute() or os.environ.get(DATA_ENV) else (
+        f"; ${DATA_ENV} is not set: set it to the folder that holds the data sets, or give an absolute root")
+    raise FileNotFoundError(
+        f"{what}: data root folder {' or '.join(str(c) for c in candidates)} does not exist{hint}")
 
 
 def _index_folder(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -111,6 +138,69 @@ def _read_class_names(path: Path) -> list[str]:
     return names
 
 
+@dataclass
+class SplitFiles:
+    """The files of one split folder, matched by stem (no file is opened)."""
+
+    image_dir: Path
+    mask_dir: Path
+    semantic_dir: Path
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    semantic: dict[str, Path] | None  # None when the split has no semantic/ folder
+
+    @classmethod
+    def index(cls, split_dir: Path) -> "SplitFiles":
+        """Index `<split_dir>/{images,masks[,semantic]}`; a missing images/ or masks/ folder is an error."""
+        image_dir, mask_dir, semantic_dir = (split_dir / d for d in ("images", "masks", "semantic"))
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"FolderDataset: folder {folder} does not exist")
+        semantic = _index_folder(semantic_dir, SEMANTIC_EXTENSIONS) if semantic_dir.is_dir() else None
+        return cls(image_dir, mask_dir, semantic_dir, _index_folder(image_dir, IMAGE_EXTENSIONS),
+                   _index_folder(mask_dir, MASK_EXTENSIONS), semantic)
+
+    def without(self, kind: str) -> list[str]:
+        """Sorted stems of the images that have no file in `kind` ("masks" or "semantic")."""
+        other = getattr(self, kind) or {}
+        return sorted(stem for stem in self.images if stem not in other)
+
+    def orphan_masks(self) -> list[str]:
+        return sorted(set(self.masks) - set(self.images))
+
+
+def load_labelled_image(image_path: Path, mask_path: Path, semantic_path: Path | None = None,
+                        class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image uint8 [H, W, 3], instances int32 [H, W], semantic int64 [H, W]) of one folder sample.
+
+    Without a semantic map every instance pixel is class 1. Every error names the file at fault.
+    """
+    image = _load_image(image_path)
+    instances = _load_label(mask_path, "mask")
+    if instances.shape != image.shape[:2]:
+        raise ValueError(
+            f"size mismatch: mask {mask_path} is {instances.shape[1]}x{instances.shape[0]} (WxH) "
+            f"but image {image_path} is {image.shape[1]}x{image.shape[0]}"
+        )
+    if instances.size and instances.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{mask_path}: instance ids must fit in int32, found {instances.max()}")
+    if semantic_path is None:
+        return image, instances.astype(np.int32), (instances > 0).astype(np.int64)
+    semantic = _load_label(semantic_path, "semantic map")
+    if semantic.shape != image.shape[:2]:
+        raise ValueError(
+            f"size mismatch: semantic map {semantic_path} is {semantic.shape[1]}x{semantic.shape[0]} "
+            f"(WxH) but image {image_path} is {image.shape[1]}x{image.shape[0]}"
+        )
+    num_classes = len(class_names) if class_names else 1
+    if semantic.size and semantic.max() > num_classes:
+        raise ValueError(
+            f"{semantic_path}: class id {semantic.max()} > number of classes {num_classes} "
+            f"({', '.join(class_names or ['object'])})"
+        )
+    return image, instances.astype(np.int32), semantic
+
+
 @DATASETS.register("folder")
 class FolderDataset(Dataset):
     """Images with integer label masks in `<root>/<split>/{images,masks[,semantic]}`.
@@ -120,16 +210,11 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, root: str, split: str = "train", class_names: list[str] | None = None):
-        self.root = Path(root).expanduser()
+        self.root = resolve_root(root, "FolderDataset")
         self.split = split
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise FileNotFoundError(f"FolderDataset: split folder {split_dir} does not exist")
-        image_dir, mask_dir, semantic_dir = (split_dir / d for d in ("images", "masks", "semantic"))
-        for folder in (image_dir, mask_dir):
-            if not folder.is_dir():
-                raise FileNotFoundError(f"FolderDataset: folder {folder} does not exist")
-
         if class_names is None:
             classes_file = self.root / "classes.txt"
             class_names = _read_class_names(classes_file) if classes_file.is_file() else ["object"]
@@ -138,37 +223,34 @@ class FolderDataset(Dataset):
             raise ValueError("FolderDataset: class_names must hold at least one name")
         self.num_classes = len(self.class_names)
 
-        images = _index_folder(image_dir, IMAGE_EXTENSIONS)
-        if not images:
+        files = SplitFiles.index(split_dir)
+        if not files.images:
             raise ValueError(
-                f"FolderDataset: no images ({'/'.join(IMAGE_EXTENSIONS)}) in {image_dir}: empty split"
+                f"FolderDataset: no images ({'/'.join(IMAGE_EXTENSIONS)}) in {files.image_dir}: empty split"
             )
-        masks = _index_folder(mask_dir, MASK_EXTENSIONS)
-        missing = [stem for stem in images if stem not in masks]
+        missing = files.without("masks")
         if missing:
             raise FileNotFoundError(
-                f"FolderDataset: image {images[missing[0]]} has no mask {mask_dir / missing[0]}"
+                f"FolderDataset: image {files.images[missing[0]]} has no mask {files.mask_dir / missing[0]}"
                 f".<{'|'.join(e[1:] for e in MASK_EXTENSIONS)}>"
                 + (f" ({len(missing)} images without a mask)" if len(missing) > 1 else "")
             )
-        orphans = sorted(set(masks) - set(images))
+        orphans = files.orphan_masks()
         if orphans:
-            logger.warning("%d mask(s) in %s have no image, e.g. %s", len(orphans), mask_dir, masks[orphans[0]])
+            logger.warning("%d mask(s) in %s have no image, e.g. %s", len(orphans), files.mask_dir,
+                           files.masks[orphans[0]])
+        self.has_semantic = files.semantic is not None
+        missing = files.without("semantic") if self.has_semantic else []
+        if missing:
+            raise FileNotFoundError(
+                f"FolderDataset: image {files.images[missing[0]]} has no semantic map "
+                f"{files.semantic_dir / missing[0]}.png (when {files.semantic_dir} exists, every image needs one)"
+            )
 
-        self.has_semantic = semantic_dir.is_dir()
-        semantic = _index_folder(semantic_dir, SEMANTIC_EXTENSIONS) if self.has_semantic else {}
-        if self.has_semantic:
-            missing = [stem for stem in images if stem not in semantic]
-            if missing:
-                raise FileNotFoundError(
-                    f"FolderDataset: image {images[missing[0]]} has no semantic map "
-                    f"{semantic_dir / missing[0]}.png (when {semantic_dir} exists, every image needs one)"
-                )
-
-        self.stems = sorted(images)
-        self.image_paths = [images[s] for s in self.stems]
-        self.mask_paths = [masks[s] for s in self.stems]
-        self.semantic_paths = [semantic[s] for s in self.stems] if self.has_semantic else None
+        self.stems = sorted(files.images)
+        self.image_paths = [files.images[s] for s in self.stems]
+        self.mask_paths = [files.masks[s] for s in self.stems]
+        self.semantic_paths = [files.semantic[s] for s in self.stems] if self.has_semantic else None
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -182,31 +264,9 @@ class FolderDataset(Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"FolderDataset index {index} out of range for {len(self)} images")
-        image_path, mask_path = self.image_paths[index], self.mask_paths[index]
-        image = _load_image(image_path)
-        instances = _load_label(mask_path, "mask")
-        if instances.shape != image.shape[:2]:
-            raise ValueError(
-                f"size mismatch: mask {mask_path} is {instances.shape[1]}x{instances.shape[0]} (WxH) "
-                f"but image {image_path} is {image.shape[1]}x{image.shape[0]}"
-            )
-        if instances.size and instances.max() > np.iinfo(np.int32).max:
-            raise ValueError(f"{mask_path}: instance ids must fit in int32, found {instances.max()}")
-        if self.semantic_paths is not None:
-            semantic_path = self.semantic_paths[index]
-            semantic = _load_label(semantic_path, "semantic map")
-            if semantic.shape != image.shape[:2]:
-                raise ValueError(
-                    f"size mismatch: semantic map {semantic_path} is {semantic.shape[1]}x{semantic.shape[0]} "
-                    f"(WxH) but image {image_path} is {image.shape[1]}x{image.shape[0]}"
-                )
-            if semantic.size and semantic.max() > self.num_classes:
-                raise ValueError(
-                    f"{semantic_path}: class id {semantic.max()} > number of classes {self.num_classes} "
-                    f"({', '.join(self.class_names)})"
-                )
-        else:
-            semantic = (instances > 0).astype(np.int64)
+        semantic_path = self.semantic_paths[index] if self.semantic_paths is not None else None
+        image, instances, semantic = load_labelled_image(self.image_paths[index], self.mask_paths[index],
+                                                         semantic_path, self.class_names)
         return {
             "image": image,
             "instances": instances.astype(np.int32),

@@ -1,4 +1,5 @@
-"""Run the network once per image, every grouper on the same outputs, and score them with COCO AP."""
+"""Run the network once per image, every grouper on the same outputs, and score them (COCO AP and
+the matching metrics the config names)."""
 from __future__ import annotations
 
 import time
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from embedseg.evaluation import evaluate_coco
+from embedseg.evaluation import evaluate_coco, evaluate_matching
+from embedseg.evaluation.matching import MAP_R_THRESHOLDS
 from embedseg.structures import Instances
 
 
@@ -48,18 +50,59 @@ def run_groupers(predictor, dataset, groupers: dict, max_images: int | None = No
     return run
 
 
-def score_groupers(run: GroupingRun, class_names: list[str], max_dets: int = 100) -> dict[str, dict]:
-    """COCO metrics of every grouper plus its timing (median / p90 ms per image)."""
+def score_groupers(run: GroupingRun, class_names: list[str], max_dets: int = 1000, metrics=("coco",),
+                   iou_thresholds=(0.5,), map_r_thresholds=MAP_R_THRESHOLDS) -> dict[str, dict]:
+    """The `metrics` (coco, matching_ap, sbd, dic, map_r) of every grouper in one flat dict each,
+    plus its timing (median / p90 ms per image)."""
     crowd = run.crowd if any(c is not None for c in run.crowd) else None
+    matching = [m for m in metrics if m != "coco"]
     results = {}
     for name, predictions in run.predictions.items():
-        metrics = evaluate_coco(run.ground_truth, predictions, class_names=class_names, max_dets=max_dets,
-                                crowd=crowd)
+        scores = {}
+        if "coco" in metrics:
+            scores.update(evaluate_coco(run.ground_truth, predictions, class_names=class_names,
+                                        max_dets=max_dets, crowd=crowd))
+        if matching:
+            scores.update(evaluate_matching(run.ground_truth, predictions, matching, iou_thresholds,
+                                            map_r_thresholds, crowd=crowd))
         ms = np.asarray(run.group_ms[name])
-        metrics.update(
+        scores.update(
             group_ms_median=float(np.median(ms)), group_ms_p90=float(np.percentile(ms, 90)),
             network_ms_median=float(np.median(run.network_ms)),
             instances_per_image=float(np.mean([len(p) for p in predictions])),
         )
-        results[name] = metrics
+        results[name] = scores
     return results
+
+
+def compare_groupers(config, model, class_names: list[str], names: list[str] | None = None, split: str | None = None,
+                     max_images: int | None = None, progress: bool = True) -> tuple[dict[str, dict], GroupingRun]:
+    """Every grouper of `names` on the same network outputs of `split`: (metrics per grouper, the run).
+
+    By default every registered grouper runs, the config's grouping blocks first and with their
+    parameters; the others with their defaults. The network runs once per image; the timings
+    are of grouping alone.
+    """
+    from embedseg.engine.predictor import Predictor
+    from embedseg.engine.run import build_groupers, dataset_for_split, select_device
+    from embedseg.grouping import GROUPERS
+
+    if names is None:
+        names = list(config.grouping) + [n for n in GROUPERS.names() if n not in config.grouping]
+    groupers = build_groupers(config, names)
+    dataset = dataset_for_split(config, split or config.eval.split)
+    predictor = Predictor(model, select_device(config.train.device))
+    ev = config.eval
+    run = run_groupers(predictor, dataset, groupers, max_images, ev.num_overlays, progress)
+    metrics = list(ev.metrics) if "coco" in ev.metrics else ["coco", *ev.metrics]  # the table needs COCO AP
+    return score_groupers(run, class_names, ev.max_dets, metrics, ev.iou_thresholds, ev.map_r_thresholds), run
+
+
+def format_grouping_table(results: dict[str, dict]) -> str:
+    """Markdown: COCO AP, AP50, AP75 (percent), instances per image, median / p90 ms per image of grouping."""
+    lines = ["| grouper | AP | AP50 | AP75 | inst/img | ms median | ms p90 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results.items():
+        ap = [f"{100 * m[k]:.1f}" if k in m and np.isfinite(m[k]) else "-" for k in ("AP", "AP50", "AP75")]
+        lines.append(f"| {name} | {' | '.join(ap)} | {m['instances_per_image']:.1f} | "
+                     f"{m['group_ms_median']:.1f} | {m['group_ms_p90']:.1f} |")
+    return "\n".join(lines)

@@ -93,7 +93,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     if len(dataset) < config.train.batch_size:
         raise ValueError(f"the {config.data.train_split} split has {len(dataset)} images, fewer than "
                          f"train.batch_size = {config.train.batch_size}")
-    transform = TrainTransform(config.data.crop_size, config.data.flip, config.data.rot90)
+    transform = TrainTransform.from_config(config.data)
     model = build_network(config, dataset.num_classes).to(device)
     criterion = build_criterion(config.loss).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -126,7 +126,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
         while step < total:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
             outputs = model(batch["image"])
-            losses = criterion(outputs, batch)
+            losses = criterion(outputs, batch, step=step)  # step: ramps of the loss weights
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)

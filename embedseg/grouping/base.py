@@ -6,11 +6,17 @@
 
 Arrays may be numpy or torch; groupers work in torch on the CPU. A new grouper is one new file
 with `@GROUPERS.register("name")` on a class whose __call__ follows the contract above.
+
+The helpers below are shared by the groupers: the foreground pixels and their embeddings,
+squared distances by matrix products, masks from a pixel -> cluster assignment, class and score
+of each mask, and mask IoU / non-maximum suppression.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from embedseg.registry import Registry
 from embedseg.structures import Instances
@@ -19,16 +25,107 @@ GROUPERS = Registry("grouper")
 
 
 def as_tensor(x) -> torch.Tensor:
-    return x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu()
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32)  # no copy for float32 numpy arrays
 
 
 def foreground_mask(outputs: dict, seediness_threshold: float = 0.5) -> torch.Tensor:
     """[H, W] bool: pixels whose most likely class is not background (or seediness above threshold)."""
     if "semantic" in outputs:
-        return as_tensor(outputs["semantic"]).argmax(0) != 0
+        probs = as_tensor(outputs["semantic"])
+        return probs[1:].amax(0) > probs[0]  # = argmax != 0 (ties go to background), 100x faster
     if "seediness" in outputs:
         return as_tensor(outputs["seediness"]) > seediness_threshold
     raise KeyError("grouping needs 'semantic' or 'seediness' in outputs to find the foreground")
+
+
+def foreground_embeddings(outputs: dict) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """(pixel_index [N] into the flattened image, embeddings x [N, D], (H, W)) of the foreground."""
+    embedding = as_tensor(outputs["embedding"])
+    if embedding.ndim != 3:
+        raise ValueError(f"outputs['embedding'] must be [D, H, W], got shape {tuple(embedding.shape)}")
+    _, h, w = embedding.shape
+    fg = foreground_mask(outputs).flatten()
+    if fg.numel() != h * w:
+        raise ValueError(f"foreground map has {fg.numel()} pixels but the embedding is {h}x{w}")
+    pixel_index = torch.nonzero(fg).squeeze(1)
+    return pixel_index, embedding.flatten(1).T[pixel_index].contiguous(), (h, w)
+
+
+def pixel_values(outputs: dict, key: str, pixel_index: torch.Tensor) -> torch.Tensor | None:
+    """Values [N] of a per-pixel map such as "seediness" at `pixel_index`, or None when absent."""
+    return as_tensor(outputs[key]).flatten()[pixel_index] if key in outputs else None
+
+
+def random_generator(random_state: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(random_state))
+
+
+def subsample(n: int, size: int | None, generator: torch.Generator) -> torch.Tensor:
+    """Sorted indices of `size` of range(n) drawn without replacement (all of them when n <= size)."""
+    if size is None or n <= size:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:size].sort().values
+
+
+def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """||x_i - c_k||^2 as [N, K] from one matrix product (clamped at 0 against rounding)."""
+    x_sq = x.pow(2).sum(1) if x_sq is None else x_sq
+    return (x_sq[:, None] - 2.0 * (x @ centres.T) + centres.pow(2).sum(1)[None]).clamp_min_(0)
+
+
+def masks_from_assignment(assignment: torch.Tensor, pixel_index: torch.Tensor, num_clusters: int,
+                          image_size: tuple[int, int], min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks [K', H, W] of the clusters with at least `min_size` pixels, and their cluster ids [K'].
+
+    `assignment` [N] gives the cluster (0..num_clusters-1, or -1 for none) of each foreground pixel.
+    """
+    h, w = image_size
+    assigned = assignment >= 0
+    sizes = torch.bincount(assignment[assigned], minlength=num_clusters)
+    kept = torch.nonzero(sizes >= max(1, min_size)).squeeze(1)
+    new_id = torch.full((num_clusters,), -1, dtype=torch.long)
+    new_id[kept] = torch.arange(len(kept))
+    target = new_id[assignment.clamp_min(0)]
+    valid = assigned & (target >= 0)
+    masks = torch.zeros(len(kept), h * w, dtype=torch.bool)
+    masks[target[valid], pixel_index[valid]] = True
+    return masks.view(len(kept), h, w), kept
+
+
+def split_disconnected(masks: torch.Tensor, scores: torch.Tensor, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every 4-connected part of every mask [K, H, W] as a mask of its own, with its mask's score.
+
+    Embeddings are not unique across a whole image: two far-apart objects that look alike may land
+    in one cluster. A real object is connected, so its parts are split apart (parts smaller than
+    `min_size` pixels are dropped). Vectorised: the pixels of all masks are the nodes of one sparse
+    graph whose edges join 4-neighbours inside the same mask; memory O(sum of mask areas).
+    """
+    k, h, w = masks.shape
+    flat = torch.nonzero(masks.flatten()).squeeze(1).numpy()  # sorted (mask, y, x) codes
+    if len(flat) == 0:
+        return masks[:0], scores[:0]
+    edges = []
+    for step, valid in ((1, flat % w < w - 1), (w, (flat // w) % h < h - 1)):  # right and down neighbours
+        source = flat[valid]
+        pos = np.searchsorted(flat, source + step)
+        found = pos < len(flat)
+        found[found] = flat[pos[found]] == source[found] + step
+        edges.append((np.flatnonzero(valid)[found], pos[found]))
+    rows = np.concatenate([e[0] for e in edges])
+    cols = np.concatenate([e[1] for e in edges])
+    graph = sparse.coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(flat), len(flat)))
+    _, part = csgraph.connected_components(graph, directed=False)
+    sizes = np.bincount(part)
+    keep = sizes >= max(1, min_size)
+    new_id = np.cumsum(keep) - 1
+    pixels = keep[part]
+    parent = np.zeros(len(sizes), np.int64)
+    parent[part] = flat // (h * w)
+    out = torch.zeros(int(keep.sum()), h * w, dtype=torch.bool)
+    out[torch.from_numpy(new_id[part[pixels]]), torch.from_numpy(flat[pixels] % (h * w))] = True
+    return out.view(-1, h, w), scores[torch.from_numpy(parent[keep])]
 
 
 def classify(masks: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,15 +133,49 @@ def classify(masks: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, torch.Te
     k = len(masks)
     if "semantic" not in outputs or k == 0:
         return torch.ones(k, dtype=torch.long), torch.ones(k)
-    probs = as_tensor(outputs["semantic"])[1:].flatten(1)  # [C, H*W], background dropped
-    m = masks.flatten(1).float()  # [K, H*W]
-    mean_probs = (m @ probs.T) / m.sum(1, keepdim=True).clamp_min(1)  # [K, C]
-    confidence, cls = mean_probs.max(1)
+    probs = as_tensor(outputs["semantic"])[1:].flatten(1).T  # [H*W, C], background dropped
+    mean_probs = []
+    for chunk in masks.flatten(1).split(64):  # 64 float masks at a time bound the memory on big images
+        m = chunk.float()
+        mean_probs.append((m @ probs) / m.sum(1, keepdim=True).clamp_min(1))  # [k, C]
+    confidence, cls = torch.cat(mean_probs).max(1)
     return cls + 1, confidence
 
 
 def instances_from_masks(masks: torch.Tensor, seed_scores: torch.Tensor, outputs: dict) -> Instances:
     """Attach classes and scores (seed score x class confidence) to boolean masks [K, H, W]."""
+    if len(masks) == 0:
+        return Instances.empty(*masks.shape[1:])
     labels, confidence = classify(masks, outputs)
     scores = seed_scores * confidence
     return Instances(masks.numpy(), scores.numpy(), labels.numpy())
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU [K, M] of boolean masks a [K, P] and b [M, P] (any pixel layout), by one matrix product."""
+    same = b is a
+    a = a.float()
+    b = a if same else b.float()
+    intersection = a @ b.T
+    area_a = a.sum(1)
+    area_b = area_a if same else b.sum(1)
+    union = area_a[:, None] + area_b[None] - intersection
+    return intersection / union.clamp_min(1)
+
+
+def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Indices (best score first) of the masks [K, P] kept by greedy non-maximum suppression.
+
+    A mask is dropped when its IoU with a better-scored kept mask exceeds `iou_threshold`; ties in
+    score keep the earlier mask.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    ordered = masks[order]
+    overlaps = (mask_iou(ordered, ordered) > iou_threshold).numpy()
+    suppressed = np.zeros(len(order), bool)
+    keep = []
+    for i in range(len(order)):  # sequential by nature, but only K steps over precomputed rows
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= overlaps[i]
+    return order[torch.as_tensor(keep, dtype=torch.long)]

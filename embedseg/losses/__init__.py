@@ -1,7 +1,8 @@
-from embedseg.losses.base import LOSSES
-from embedseg.losses.criterion import Criterion, build_criterion
+from embedseg.losses.base import LOSSES, PixelSample, sample_pixels
+from embedseg.losses.criterion import Criterion, WeightRamp, build_criterion
 from embedseg.losses.discriminative import DiscriminativeLoss
-from embedseg.losses.seediness import SeedDistanceLoss
+from embedseg.losses.metric import MetricLoss, pair_similarity
+from embedseg.losses.seediness import SeedDistanceLoss, SeedIoULoss
 from embedseg.losses.semantic import SemanticCrossEntropy
 
 
@@ -9,5 +10,6 @@ def build_loss(name: str, **params):
     return LOSSES.build(name, **params)
 
 
-__all__ = ["LOSSES", "Criterion", "DiscriminativeLoss", "SeedDistanceLoss", "SemanticCrossEntropy",
-           "build_criterion", "build_loss"]
+__all__ = ["LOSSES", "Criterion", "DiscriminativeLoss", "MetricLoss", "PixelSample", "SeedDistanceLoss",
+           "SeedIoULoss", "SemanticCrossEntropy", "WeightRamp", "build_criterion", "build_loss",
+           "pair_similarity", "sample_pixels"]

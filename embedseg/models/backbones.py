@@ -62,9 +62,10 @@ def shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:
 
 
 class DilatedResNet(nn.Module):
-    """ResNet returning {"low": stride-4 features, "high": stride-`output_stride` features}.
+    """ResNet returning {"fine": stride-2 stem features, "low": stride-4 features, "high":
+    stride-`output_stride` features}.
 
-    Attributes `low_channels` and `high_channels` give the channel counts for the decoder.
+    Attributes `fine_channels`, `low_channels` and `high_channels` give the channel counts for the decoder.
     """
 
     def __init__(self, block, layers: list[int], width: float = 1.0, output_stride: int = 16, in_channels: int = 3):
@@ -94,14 +95,16 @@ class DilatedResNet(nn.Module):
                 in_ch = ch * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fine_channels = chans[0]
         self.low_channels = chans[0] * block.expansion
         self.high_channels = in_ch
         self.output_stride = output_stride
 
     def forward(self, x):
-        low = self.layer1(self.stem(x))
+        fine = self.stem[:3](x)  # stride 2, before the max pool
+        low = self.layer1(self.stem[3](fine))
         high = self.layer4(self.layer3(self.layer2(low)))
-        return {"low": low, "high": high}
+        return {"fine": fine, "low": low, "high": high}
 
 
 @BACKBONES.register("resnet18")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedseg.data import DATASETS, FolderDataset, SyntheticShapes, build_dataset, write_dataset
+from embedseg.data import DATASETS, FolderDataset, SyntheticShapes, build_dataset, resolve_root, write_dataset
 
 
 def synthetic(n=3, split="train"):
@@ -150,3 +150,47 @@ def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "train" / "images" / "a.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"images/a\.png"):
         FolderDataset(tmp_path, "train")[0]
+
+
+def test_tif_images_and_16bit_tif_masks(tmp_path):
+    """Microscopy style: a 16-bit grey TIF image (rescaled to 0..255) and a 16-bit TIF mask."""
+    for sub in ("images", "masks"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    image = np.zeros((6, 8), np.uint16)
+    image[:, 4:] = 4000
+    image[0, 0] = 1000
+    mask = np.zeros((6, 8), np.uint16)
+    mask[1:3, 1:3] = 300  # an id beyond 8 bits
+    Image.fromarray(image).save(tmp_path / "train" / "images" / "cell.tif")
+    Image.fromarray(mask).save(tmp_path / "train" / "masks" / "cell.tif")
+    s = FolderDataset(tmp_path, "train")[0]
+    assert s["image"].shape == (6, 8, 3) and s["image"].dtype == np.uint8
+    assert s["image"][0, 0, 0] == round(1000 / 4000 * 255) and s["image"][0, 5, 2] == 255 and s["image"][1, 1, 1] == 0
+    assert s["instances"][1, 1] == 300 and (s["instances"] > 0).sum() == 4
+
+
+def test_relative_roots_resolve_against_embedseg_data(tmp_path, monkeypatch):
+    make_split(tmp_path / "store" / "nuclei")
+    make_split(tmp_path / "here" / "local")
+    monkeypatch.chdir(tmp_path / "here")
+    monkeypatch.setenv("EMBEDSEG_DATA", str(tmp_path / "store"))
+    assert FolderDataset("nuclei", "train").root == tmp_path / "store" / "nuclei"
+    assert FolderDataset("local", "train").root == tmp_path / "here" / "local"  # then the current folder
+    assert resolve_root(str(tmp_path / "store" / "nuclei")) == tmp_path / "store" / "nuclei"  # absolute
+    with pytest.raises(FileNotFoundError, match=r"store/missing or .*here/missing does not exist"):
+        FolderDataset("missing", "train")
+    monkeypatch.delenv("EMBEDSEG_DATA")
+    with pytest.raises(FileNotFoundError, match=r"here/nuclei does not exist; \$EMBEDSEG_DATA is not set"):
+        FolderDataset("nuclei", "train")
+
+
+def test_real_nuclei_and_leaves_load(shared_data):
+    for name, size, dtype_max in (("dsb2018", None, 375), ("cvppp_a1", (530, 500), 20)):
+        root = shared_data / name
+        if not root.is_dir():
+            pytest.skip(f"{root} not found")
+        ds = FolderDataset(str(root), "val")
+        s = ds[0]
+        assert s["image"].dtype == np.uint8 and s["image"].shape[2] == 3
+        assert size is None or s["instances"].shape == size
+        assert 1 <= s["instances"].max() <= dtype_max and s["instances"].min() == 0

@@ -48,7 +48,7 @@ def test_perfect_predictions_give_ap_one():
     assert result["per_class"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0)}
     # every instance here is small (< 32^2 pixels): no GT to score medium/large -> NaN
     assert math.isnan(result["APm"]) and math.isnan(result["APl"])
-    assert (result["num_images"], result["num_gt"], result["num_pred"], result["max_dets"]) == (3, 5, 5, 100)
+    assert (result["num_images"], result["num_gt"], result["num_pred"], result["max_dets"]) == (3, 5, 5, 1000)
 
 
 def test_false_positive_above_true_positive_gives_interpolated_ap():
@@ -102,11 +102,27 @@ def test_no_ground_truth_at_all_is_nan():
 
 
 def test_max_dets_limits_detections_per_image():
-    label_map = np.arange(150).reshape(10, 15).repeat(4, 0).repeat(4, 1) + 1  # 150 4x4 blocks
+    # 150 4x4 blocks: more objects than COCO's standard 100 detections (DSB2018 has up to 375)
+    label_map = np.arange(150).reshape(10, 15).repeat(4, 0).repeat(4, 1) + 1
     gt = Instances.from_label_map(label_map)
-    assert evaluate_coco([gt], [gt], max_dets=1000)["AP"] == pytest.approx(1.0)
-    limited = evaluate_coco([gt], [gt], max_dets=100)
-    assert limited["AP"] < 0.99 and limited["AR"] == pytest.approx(100 / 150)
+    result = evaluate_coco([gt], [gt], class_agnostic=False)  # default max_dets: 1000
+    assert result["max_dets"] == 1000
+    for key in ("AP", "AP50", "AP75", "APs", "AR"):
+        assert result[key] == pytest.approx(1.0), key
+    # COCO's 100: only the 100 best-scored detections count, so 50 GT can never be found.
+    # Recall stops at 100/150; precision is 1 up to there and 0 beyond -> AP = 67/101 at every IoU.
+    limited = evaluate_coco([gt], [gt], max_dets=100, class_agnostic=False)
+    assert limited["AR"] == pytest.approx(100 / 150)
+    assert limited["AP"] == pytest.approx(np.sum(RECALL_THRESHOLDS <= 100 / 150) / 101) == pytest.approx(67 / 101)
+    # with at most 100 detections per image, 100 and 1000 give the same numbers
+    rng = np.random.default_rng(0)
+    pred = gt.select(np.r_[0:60, 120:150])  # 60 true positives, 30 false positives
+    pred = Instances(pred.masks, rng.random(len(pred)), pred.labels)
+    few = gt.select(np.arange(len(gt)) < 90)
+    standard, dense = (evaluate_coco([few], [pred], max_dets=m, class_agnostic=False) for m in (100, 1000))
+    assert 0.2 < dense["AP"] < 0.9
+    for key in ("AP", "AP50", "AP75", "AR"):
+        assert standard[key] == dense[key], key
 
 
 def test_crowd_region_ignores_predictions_inside_it():

@@ -1,0 +1,237 @@
+"""Speed and memory of the vectorised embedding losses against per-instance Python-loop references.
+
+    .venv/bin/python benchmarks/losses.py [--instances 5 20 50] [--repeats 3] [--json PATH]
+
+For a batch of B=4 images of 256x256 pixels with D=64 embeddings and K instances each, it times
+forward + backward of `discriminative` and `metric` (embedseg.losses) and of straightforward
+loop versions of the same formulas written here (loops over images, instances and instance
+pairs), and prints a Markdown table:
+
+- time: best (minimum) wall-clock seconds of forward + backward over --repeats runs after one warm-up,
+  on --threads CPU threads;
+- peak MB: the largest total size of tensor memory allocated during one forward + backward
+  and alive at once (the inputs, allocated before, are not counted), replayed from the CPU
+  allocator's allocation and free events that torch.profiler records (profile_memory=True).
+  It counts tensor storage only, not Python objects or allocator slack, and is the same
+  measure for both versions; "n/a" when this torch build does not expose the events.
+
+The loop references are also the known answers of tests/test_metric_loss.py: the vectorised
+losses must agree with them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from embedseg.losses import DiscriminativeLoss, MetricLoss, PixelSample
+from embedseg.losses.metric import MIN_SQ_DISTANCE
+
+# ----------------------------------------------------------------------------- loop references
+
+
+def discriminative_loss_loop(embedding, instances, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001):
+    """DESIGN.md's discriminative loss with Python loops over images, instances and instance pairs."""
+    totals, n = {"var": 0.0, "dist": 0.0, "reg": 0.0}, 0
+    for b in range(embedding.shape[0]):
+        x = embedding[b].flatten(1).T
+        lab = instances[b].flatten()
+        ids = [i for i in lab.unique().tolist() if i > 0]
+        if not ids:
+            continue
+        n += 1
+        xs = [x[lab == i] for i in ids]
+        mus = [xi.mean(0) for xi in xs]
+        totals["var"] = totals["var"] + sum(
+            ((mu - xi).norm(dim=1) - delta_v).clamp_min(0).pow(2).mean() for mu, xi in zip(mus, xs)) / len(ids)
+        pairs = [(a, c) for a in range(len(ids)) for c in range(len(ids)) if a != c]
+        if pairs:
+            totals["dist"] = totals["dist"] + sum(
+                (2 * delta_d - (mus[a] - mus[c]).norm()).clamp_min(0).pow(2) for a, c in pairs) / len(pairs)
+        totals["reg"] = totals["reg"] + sum(mu.norm() for mu in mus) / len(ids)
+    out = {k: v / max(n, 1) for k, v in totals.items()}
+    out["loss"] = alpha * out["var"] + beta * out["dist"] + gamma * out["reg"]
+    return out
+
+
+def sample_groups_loop(instances, per_group=32, max_pixels=1024, include_background=True):
+    """Per image {id: flat pixel indices}: up to per_group random pixels of each group, then at most
+    max_pixels per image taken round-robin over the groups (the rule of embedseg's sample_pixels)."""
+    samples = []
+    for b in range(instances.shape[0]):
+        lab = instances[b].flatten()
+        ids = [i for i in lab.unique().tolist() if i > 0 or (include_background and i == 0)]
+        candidates = {}
+        for i in ids:
+            pix = torch.nonzero(lab == i).squeeze(1)
+            candidates[i] = pix[torch.randperm(len(pix))[:per_group]]
+        taken, total, rank = {i: 0 for i in ids}, 0, 0
+        while total < max_pixels and rank < per_group:
+            for k in torch.randperm(len(ids)).tolist():
+                i = ids[k]
+                if rank < len(candidates[i]) and total < max_pixels:
+                    taken[i] += 1
+                    total += 1
+            rank += 1
+        samples.append({i: candidates[i][:taken[i]] for i in ids if taken[i]})
+    return samples
+
+
+def groups_from_sample(sample: PixelSample) -> list[dict]:
+    """The pixels drawn by embedseg's sample_pixels, in the form sample_groups_loop returns."""
+    out = []
+    for b in range(sample.index.shape[0]):
+        index, ids = sample.index[b][sample.valid[b]], sample.ids[b][sample.valid[b]]
+        out.append({i: index[ids == i] for i in ids.unique().tolist()})
+    return out
+
+
+def metric_loss_loop(embedding, instances, pixels_per_instance=32, max_pixels=1024, include_background=True,
+                     samples=None):
+    """Fathi et al.'s weighted pair loss (MetricLoss's docstring) with loops over images and group pairs.
+
+    sigma = 2 / (1 + exp(d^2)) written out directly; d^2 of different-group pairs floored at
+    MIN_SQ_DISTANCE as in the library (which also caps them at FAR_SQ_DISTANCE = 30: a difference
+    below 2e-13 per pair). `samples` (per image {id: pixels}) fixes the drawn pixels.
+    """
+    if samples is None:
+        samples = sample_groups_loop(instances, pixels_per_instance, max_pixels, include_background)
+    sums = {"loss": [], "same": [], "diff": []}
+    for b, groups in enumerate(samples):
+        x = embedding[b].flatten(1).T
+        xs = {i: x[pixels] for i, pixels in groups.items()}  # each group's embeddings, gathered once
+        num = {"same": 0.0, "diff": 0.0}
+        den = {"same": 0.0, "diff": 0.0}
+        for a, xa in xs.items():
+            for c, xc in xs.items():
+                d2 = (xa[:, None, :] - xc[None, :, :]).pow(2).sum(-1)
+                w = 1.0 / (len(xa) * len(xc))
+                if a == c:
+                    off_diagonal = ~torch.eye(len(xa), dtype=torch.bool)
+                    loss = -torch.log(2 / (1 + torch.exp(d2)))[off_diagonal]
+                    kind = "same"
+                else:
+                    sigma = 2 / (1 + torch.exp(d2.clamp_min(MIN_SQ_DISTANCE)))
+                    loss = -torch.log(1 - sigma)
+                    kind = "diff"
+                num[kind] = num[kind] + w * loss.sum()
+                den[kind] = den[kind] + w * loss.numel()
+        for kind in ("same", "diff"):
+            if den[kind] > 0:
+                sums[kind].append(num[kind] / den[kind])
+        if den["same"] + den["diff"] > 0:
+            sums["loss"].append((num["same"] + num["diff"]) / (den["same"] + den["diff"]))
+    zero = embedding.sum() * 0.0
+    return {k: sum(v) / len(v) if v else zero for k, v in sums.items()}
+
+
+# ----------------------------------------------------------------------------- inputs and measuring
+
+
+def make_instances(batch: int, size: int, k: int, seed: int = 0) -> torch.Tensor:
+    """[B, size, size] ids: K blobs per image (nearest of K random centres, within a radius), rest background."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    grid = torch.stack([yy, xx], -1).reshape(-1, 1, 2).float()
+    radius = 0.7 * size / math.sqrt(k)
+    out = []
+    for _ in range(batch):
+        centres = torch.rand(k, 2, generator=g) * size
+        dist = (grid - centres).norm(dim=-1)  # [N, K]
+        nearest, which = dist.min(1)
+        out.append(torch.where(nearest < radius, which + 1, 0).reshape(size, size))
+    return torch.stack(out)
+
+
+def forward_backward(fn, embedding, instances):
+    embedding.grad = None
+    fn(embedding, instances)["loss"].backward()
+
+
+def best_time(fn, embedding, instances, repeats: int) -> float:
+    forward_backward(fn, embedding, instances)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward_backward(fn, embedding, instances)
+        times.append(time.perf_counter() - start)
+    return min(times)  # best of N: the least disturbed by other processes (as timeit advises)
+
+
+def peak_tensor_mb(fn, embedding, instances) -> float | None:
+    """Peak MB of tensor memory allocated during forward + backward and alive at once.
+
+    Replays the CPU allocator's allocation (+bytes) and free (-bytes) events that torch.profiler
+    records with profile_memory=True, in time order, and returns the running sum's maximum.
+    """
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        embedding.grad = None
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            forward_backward(fn, embedding, instances)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        return peak / 2**20 if events else None
+    except Exception:  # semi-private API: report n/a rather than a wrong figure
+        return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, nargs="+", default=[5, 20, 50], help="instances per image")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-loop", action="store_true", help="time the vectorised losses only")
+    parser.add_argument("--no-memory", action="store_true", help="skip the (slower) memory profile")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    losses = {"discriminative": (DiscriminativeLoss(), discriminative_loss_loop),
+              "metric": (MetricLoss(), metric_loss_loop)}
+    rows = []
+    for k in args.instances:
+        instances = make_instances(args.batch, args.size, k)
+        embedding = (0.5 * torch.randn(args.batch, args.dim, args.size, args.size)).requires_grad_(True)
+        for name, (vectorised, loop) in losses.items():
+            row = {"loss": name, "instances": k,
+                   "vectorised_s": best_time(vectorised, embedding, instances, args.repeats),
+                   "vectorised_peak_mb": None if args.no_memory else peak_tensor_mb(vectorised, embedding, instances)}
+            if not args.no_loop:
+                row["loop_s"] = best_time(loop, embedding, instances, args.repeats)
+                row["loop_peak_mb"] = None if args.no_memory else peak_tensor_mb(loop, embedding, instances)
+                row["speedup"] = row["loop_s"] / row["vectorised_s"]
+            rows.append(row)
+
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    print(f"B={args.batch}, D={args.dim}, {args.size}x{args.size}, forward+backward, {args.threads} threads, "
+          f"best of {args.repeats}; peak MB = tensor memory alive at once (torch.profiler allocator events)\n")
+    print("| loss | K | vectorised s | loop s | speed-up | vectorised peak MB | loop peak MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['loss']} | {r['instances']} | {r['vectorised_s']:.4f} | {fmt(r.get('loop_s'), '.4f')} | "
+              f"{fmt(r.get('speedup'), '.1f')} | {fmt(r['vectorised_peak_mb'], '.1f')} | "
+              f"{fmt(r.get('loop_peak_mb'), '.1f')} |")
+    if args.json:
+        setup = {k: getattr(args, k) for k in ("batch", "size", "dim", "repeats", "threads")}
+        Path(args.json).write_text(json.dumps({"setup": setup, "torch": torch.__version__, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
