@@ -65,35 +65,14 @@ def test_batch_averages_over_images_with_instances():
     assert torch.count_nonzero(emb.grad[2]) == 0
 
 
-def reference_loss(emb, ids, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001):
-    """The DESIGN.md formula with Python loops over images, instances and pairs."""
-    totals, n = {"var": 0.0, "dist": 0.0, "reg": 0.0}, 0
-    for b in range(emb.shape[0]):
-        x = emb[b].flatten(1).T
-        lab = ids[b].flatten()
-        inst = [i for i in lab.unique().tolist() if i > 0]
-        if not inst:
-            continue
-        n += 1
-        mus = [x[lab == i].mean(0) for i in inst]
-        totals["var"] += sum(((mu - x[lab == i]).norm(dim=1) - delta_v).clamp_min(0).pow(2).mean()
-                             for mu, i in zip(mus, inst)) / len(inst)
-        pairs = [(a, c) for a in range(len(inst)) for c in range(len(inst)) if a != c]
-        if pairs:
-            totals["dist"] += sum((2 * delta_d - (mus[a] - mus[c]).norm()).clamp_min(0).pow(2) for a, c in pairs) / len(pairs)
-        totals["reg"] += sum(mu.norm() for mu in mus) / len(inst)
-    out = {k: v / n for k, v in totals.items()}
-    out["loss"] = alpha * out["var"] + beta * out["dist"] + gamma * out["reg"]
-    return out
-
-
-def test_matches_reference_loop_on_random_data():
+def test_matches_reference_loop_on_random_data(loss_references):
+    """Against benchmarks/losses.py's per-instance Python loops over the DESIGN.md formula."""
     torch.manual_seed(0)
     emb = torch.randn(3, 5, 12, 12, dtype=torch.float64)
     ids = torch.randint(-1, 6, (3, 12, 12))
     ids[1] = 0  # an empty image in the batch
     ours = DiscriminativeLoss(delta_v=0.3, delta_d=1.0, gamma=0.01)(emb, ids)
-    ref = reference_loss(emb, ids, delta_v=0.3, delta_d=1.0, gamma=0.01)
+    ref = loss_references.discriminative_loss_loop(emb, ids, delta_v=0.3, delta_d=1.0, gamma=0.01)
     for key in ("loss", "var", "dist", "reg"):
         assert ours[key].item() == pytest.approx(float(ref[key]), rel=1e-6)
 

@@ -13,3 +13,13 @@ from __future__ import annotations
 from embedseg.registry import Registry
 
 DATASETS = Registry("dataset")
+
+
+def checked_index(index, length: int, dataset: str) -> int:
+    """`index` as a non-negative int below `length` (negative counts from the end), else IndexError."""
+    index = int(index)
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"{dataset} index {index} out of range for {length} images")
+    return index

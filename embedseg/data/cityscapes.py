@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from embedseg.data.base import DATASETS
+from embedseg.data.base import DATASETS, checked_index
 from embedseg.data.folder import _load_image, _load_label, resolve_root
 
 logger = logging.getLogger(__name__)
@@ -102,11 +102,7 @@ class CityscapesDataset(Dataset):
         return f"CityscapesDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
 
     def __getitem__(self, index) -> dict:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"CityscapesDataset index {index} out of range for {len(self)} images")
+        index = checked_index(index, len(self), "CityscapesDataset")
         image_path, label_path = self.image_paths[index], self.label_paths[index]
         image = _load_image(image_path)
         ids = _load_label(label_path, "instanceIds map")

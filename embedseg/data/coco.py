@@ -23,7 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from embedseg.data.base import DATASETS
+from embedseg.data.base import DATASETS, checked_index
 from embedseg.data.folder import _load_image, resolve_root
 
 logger = logging.getLogger(__name__)
@@ -141,11 +141,7 @@ class CocoDataset(Dataset):
         return f"CocoDataset(annotations={str(self.annotation_file)!r}, images={len(self)}, classes={self.num_classes})"
 
     def __getitem__(self, index) -> dict:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"CocoDataset index {index} out of range for {len(self)} images")
+        index = checked_index(index, len(self), "CocoDataset")
         info = self.images[index]
         path = self.image_dir / info["file_name"]
         if not path.is_file():

@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from embedseg.data.base import DATASETS
+from embedseg.data.base import DATASETS, checked_index
 
 logger = logging.getLogger(__name__)
 
@@ -259,11 +259,7 @@ class FolderDataset(Dataset):
         return f"FolderDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
 
     def __getitem__(self, index) -> dict:
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"FolderDataset index {index} out of range for {len(self)} images")
+        index = checked_index(index, len(self), "FolderDataset")
         semantic_path = self.semantic_paths[index] if self.semantic_paths is not None else None
         image, instances, semantic = load_labelled_image(self.image_paths[index], self.mask_paths[index],
                                                          semantic_path, self.class_names)
