@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from embedseg.losses import MetricLoss, SeedIoULoss, build_loss, pair_similarity, sample_pixels
+from embedseg.losses import MetricLoss, SeedIoULoss, pair_similarity, sample_pixels
 from embedseg.losses.metric import MIN_SQ_DISTANCE, neg_log_dissimilarity, neg_log_similarity
 
 
