@@ -58,3 +58,29 @@ def loss_references():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def coco_sample_truth(shared_data):
+    """(folder, COCO json, ground truth Instances per image, crowd mask per image) of the real
+    coco_panoptic_sample: two COCO val2017 images with 40 thing instances and 3 crowd regions."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from embedseg.structures import Instances
+
+    folder = shared_data / "coco_panoptic_sample"
+    if not (folder / "instances_val_things.json").is_file():
+        pytest.skip(f"real COCO sample not found at {folder}")
+    coco = json.loads((folder / "instances_val_things.json").read_text())
+    gt, crowd = [], []
+    for image in sorted(coco["images"], key=lambda im: im["id"]):
+        stem = Path(image["file_name"]).stem
+        label_map = np.array(Image.open(folder / "val" / "masks" / f"{stem}.png")).astype(np.int64)
+        classes = {a["mask_id"]: a["category_id"] for a in coco["annotations"]
+                   if a["image_id"] == image["id"] and not a["iscrowd"]}
+        gt.append(Instances.from_label_map(label_map, labels=classes))
+        crowd.append(np.array(Image.open(folder / "val" / "ignore" / f"{stem}.png")) > 0)
+    return folder, coco, gt, crowd

@@ -16,7 +16,6 @@ which Cityscapes does not evaluate). Instances are renumbered 1..N in raw id ord
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset

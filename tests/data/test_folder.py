@@ -9,22 +9,8 @@ def synthetic(n=3, split="train"):
     return SyntheticShapes(split=split, num_images=n, size=48, min_radius=4.0, max_radius=10.0)
 
 
-def make_split(root, split="train", stems=("a", "b"), size=(12, 10)):
-    """A tiny valid split: RGB images and 8-bit masks."""
-    for sub in ("images", "masks"):
-        (root / split / sub).mkdir(parents=True, exist_ok=True)
-    h, w = size
-    for k, stem in enumerate(stems):
-        Image.fromarray(np.full((h, w, 3), 40 * k, np.uint8)).save(root / split / "images" / f"{stem}.png")
-        mask = np.zeros((h, w), np.uint8)
-        mask[1:4, 1:4] = 1
-        mask[5:8, 2:6] = 2
-        Image.fromarray(mask).save(root / split / "masks" / f"{stem}.png")
-    return root
-
-
-def test_registered_and_built_by_name(tmp_path):
-    make_split(tmp_path)
+def test_registered_and_built_by_name(tmp_path, samples):
+    samples.write_folder_sample(tmp_path)
     ds = build_dataset("folder", "train", root=str(tmp_path))
     assert "folder" in DATASETS and isinstance(ds, FolderDataset)
     assert len(ds) == 2 and ds.class_names == ["object"] and ds.num_classes == 1
@@ -73,8 +59,8 @@ def test_refuses_to_overwrite(tmp_path):
     write_dataset(synthetic(1, "test"), tmp_path, "test")  # other split, same classes: fine
 
 
-def test_grey_and_rgba_images_and_defaults(tmp_path):
-    make_split(tmp_path, stems=("g", "r"))
+def test_grey_and_rgba_images_and_defaults(tmp_path, samples):
+    samples.write_folder_sample(tmp_path, stems=("g", "r"))
     Image.fromarray(np.full((12, 10), 7, np.uint8)).save(tmp_path / "train" / "images" / "g.png")
     Image.fromarray(np.full((12, 10, 4), 9, np.uint8)).save(tmp_path / "train" / "images" / "r.png")
     (tmp_path / "classes.txt").write_text("leaf\n\n")
@@ -100,15 +86,15 @@ def test_missing_split_or_folder(tmp_path):
         FolderDataset(tmp_path, "train")
 
 
-def test_image_without_mask_names_the_file(tmp_path):
-    make_split(tmp_path)
+def test_image_without_mask_names_the_file(tmp_path, samples):
+    samples.write_folder_sample(tmp_path)
     (tmp_path / "train" / "masks" / "b.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"b\.png"):
         FolderDataset(tmp_path, "train")
 
 
-def test_size_mismatch_names_the_file(tmp_path):
-    make_split(tmp_path)
+def test_size_mismatch_names_the_file(tmp_path, samples):
+    samples.write_folder_sample(tmp_path)
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "train" / "masks" / "b.png")
     ds = FolderDataset(tmp_path, "train")
     ds[0]
@@ -116,24 +102,24 @@ def test_size_mismatch_names_the_file(tmp_path):
         ds[1]
 
 
-def test_non_integer_mask_names_the_file(tmp_path):
-    make_split(tmp_path, stems=("a",))
+def test_non_integer_mask_names_the_file(tmp_path, samples):
+    samples.write_folder_sample(tmp_path, stems=("a",))
     (tmp_path / "train" / "masks" / "a.png").unlink()
     Image.fromarray(np.full((12, 10), 0.5, np.float32)).save(tmp_path / "train" / "masks" / "a.tif")
     with pytest.raises(ValueError, match=r"a\.tif.*integer"):
         FolderDataset(tmp_path, "train")[0]
 
 
-def test_negative_mask_names_the_file(tmp_path):
-    make_split(tmp_path, stems=("a",))
+def test_negative_mask_names_the_file(tmp_path, samples):
+    samples.write_folder_sample(tmp_path, stems=("a",))
     (tmp_path / "train" / "masks" / "a.png").unlink()
     Image.fromarray(np.full((12, 10), -2, np.int32)).save(tmp_path / "train" / "masks" / "a.tif")
     with pytest.raises(ValueError, match=r"a\.tif.*non-negative"):
         FolderDataset(tmp_path, "train")[0]
 
 
-def test_semantic_errors_name_the_file(tmp_path):
-    make_split(tmp_path)
+def test_semantic_errors_name_the_file(tmp_path, samples):
+    samples.write_folder_sample(tmp_path)
     (tmp_path / "train" / "semantic").mkdir()
     Image.fromarray(np.full((12, 10), 3, np.uint8)).save(tmp_path / "train" / "semantic" / "a.png")
     with pytest.raises(FileNotFoundError, match=r"semantic/b\.png"):
@@ -145,8 +131,8 @@ def test_semantic_errors_name_the_file(tmp_path):
         ds[0]
 
 
-def test_unreadable_image_names_the_file(tmp_path):
-    make_split(tmp_path, stems=("a",))
+def test_unreadable_image_names_the_file(tmp_path, samples):
+    samples.write_folder_sample(tmp_path, stems=("a",))
     (tmp_path / "train" / "images" / "a.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"images/a\.png"):
         FolderDataset(tmp_path, "train")[0]
@@ -169,9 +155,9 @@ def test_tif_images_and_16bit_tif_masks(tmp_path):
     assert s["instances"][1, 1] == 300 and (s["instances"] > 0).sum() == 4
 
 
-def test_relative_roots_resolve_against_embedseg_data(tmp_path, monkeypatch):
-    make_split(tmp_path / "store" / "nuclei")
-    make_split(tmp_path / "here" / "local")
+def test_relative_roots_resolve_against_embedseg_data(tmp_path, monkeypatch, samples):
+    samples.write_folder_sample(tmp_path / "store" / "nuclei")
+    samples.write_folder_sample(tmp_path / "here" / "local")
     monkeypatch.chdir(tmp_path / "here")
     monkeypatch.setenv("EMBEDSEG_DATA", str(tmp_path / "store"))
     assert FolderDataset("nuclei", "train").root == tmp_path / "store" / "nuclei"

@@ -1,10 +1,7 @@
 """Known-answer tests of evaluate_coco (COCO mask AP via pycocotools) and format_table."""
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,32 +140,8 @@ def test_mismatched_inputs_are_errors():
         evaluate_coco([_one(_square())], [_one(_square(), label=3)], class_names=["a"])
 
 
-def _coco_sample() -> Path:
-    root = Path(os.environ.get("EMBEDSEG_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
-    folder = root.resolve() / "coco_panoptic_sample"
-    if not (folder / "instances_val_things.json").is_file():
-        pytest.skip(f"real COCO sample not found at {folder} (set EMBEDSEG_DATA to the data root)")
-    return folder
-
-
-def _load_coco_sample():
-    from PIL import Image
-
-    folder = _coco_sample()
-    coco = json.loads((folder / "instances_val_things.json").read_text())
-    gt, crowd = [], []
-    for image in sorted(coco["images"], key=lambda im: im["id"]):
-        stem = Path(image["file_name"]).stem
-        label_map = np.array(Image.open(folder / "val" / "masks" / f"{stem}.png")).astype(np.int64)
-        classes = {a["mask_id"]: a["category_id"] for a in coco["annotations"]
-                   if a["image_id"] == image["id"] and not a["iscrowd"]}
-        gt.append(Instances.from_label_map(label_map, labels=classes))
-        crowd.append(np.array(Image.open(folder / "val" / "ignore" / f"{stem}.png")) > 0)
-    return folder, coco, gt, crowd
-
-
-def test_real_coco_sample_ground_truth_gives_ap_one():
-    _, _, gt, crowd = _load_coco_sample()
+def test_real_coco_sample_ground_truth_gives_ap_one(coco_sample_truth):
+    _, _, gt, crowd = coco_sample_truth
     assert sum(len(g) for g in gt) == 40
     for kwargs in ({}, {"crowd": crowd}):
         result = evaluate_coco(gt, gt, **kwargs)
@@ -177,7 +150,7 @@ def test_real_coco_sample_ground_truth_gives_ap_one():
         assert set(result["per_class"]) == {"1", "19", "8", "37"}  # person, horse, truck, ball
 
 
-def test_real_coco_sample_matches_pycocotools_summarize():
+def test_real_coco_sample_matches_pycocotools_summarize(coco_sample_truth):
     """Imperfect predictions: our numbers equal COCOeval.summarize() on the original json."""
     import contextlib
     import io
@@ -185,7 +158,7 @@ def test_real_coco_sample_matches_pycocotools_summarize():
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    folder, coco, gt, crowd = _load_coco_sample()
+    folder, coco, gt, crowd = coco_sample_truth
     rng = np.random.default_rng(0)
     preds, results = [], []
     for image, g in zip(sorted(coco["images"], key=lambda im: im["id"]), gt):

@@ -1,9 +1,7 @@
 """Known-answer tests of the matching metrics: AP at IoU t, SBD, DiC, mAP^r (evaluation/matching.py)."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,26 +273,8 @@ def test_bad_input_is_a_clear_error():
 # ----------------------------------------------------------------------------- real data
 
 
-def _coco_sample(root: Path):
-    from PIL import Image
-
-    folder = root / "coco_panoptic_sample"
-    if not (folder / "instances_val_things.json").is_file():
-        pytest.skip(f"COCO sample not found at {folder}")
-    coco = json.loads((folder / "instances_val_things.json").read_text())
-    gt, crowd = [], []
-    for image in sorted(coco["images"], key=lambda im: im["id"]):
-        stem = Path(image["file_name"]).stem
-        label_map = np.array(Image.open(folder / "val" / "masks" / f"{stem}.png")).astype(np.int64)
-        classes = {a["mask_id"]: a["category_id"] for a in coco["annotations"]
-                   if a["image_id"] == image["id"] and not a["iscrowd"]}
-        gt.append(Instances.from_label_map(label_map, labels=classes))
-        crowd.append(np.array(Image.open(folder / "val" / "ignore" / f"{stem}.png")) > 0)
-    return gt, crowd
-
-
-def test_real_coco_sample_ground_truth_fed_back_scores_one(shared_data):
-    gt, crowd = _coco_sample(shared_data)
+def test_real_coco_sample_ground_truth_fed_back_scores_one(coco_sample_truth):
+    _, _, gt, crowd = coco_sample_truth
     assert sum(len(g) for g in gt) == 40 and len({c for g in gt for c in g.labels}) == 4
     for kwargs in ({}, {"crowd": crowd}):
         result = evaluate_matching(gt, gt, iou_thresholds=[0.5, 0.75, 0.9], **kwargs)
