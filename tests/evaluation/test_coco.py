@@ -13,20 +13,6 @@ from embedseg.structures import Instances
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 
 
-def _label_maps():
-    """Three small images: two classes, several instances, and one image with no instances."""
-    a = np.zeros((32, 40), np.int32)
-    a[2:10, 3:12] = 1
-    a[12:20, 3:30] = 2
-    a[22:30, 20:38] = 3
-    b = np.zeros((24, 24), np.int32)
-    b[1:8, 1:8] = 5
-    b[10:22, 4:20] = 7
-    empty = np.zeros((16, 20), np.int32)
-    classes = [{1: 1, 2: 2, 3: 1}, {5: 2, 7: 2}, {}]
-    return [Instances.from_label_map(m, labels=c) for m, c in zip((a, b, empty), classes)]
-
-
 def _one(mask: np.ndarray, score: float = 1.0, label: int = 1) -> Instances:
     return Instances(mask[None], [score], [label])
 
@@ -37,8 +23,8 @@ def _square(h=20, w=20, rows=slice(2, 12), cols=slice(2, 12)) -> np.ndarray:
     return mask
 
 
-def test_perfect_predictions_give_ap_one():
-    gt = _label_maps()
+def test_perfect_predictions_give_ap_one(three_images):
+    _, gt = three_images
     result = evaluate_coco(gt, gt, class_names=["cat", "dog"])
     for key in ("AP", "AP50", "AP75", "APs", "AR", "agnostic_AP", "agnostic_AP50", "agnostic_AP75"):
         assert result[key] == pytest.approx(1.0), key
@@ -83,8 +69,8 @@ def test_wrong_class_is_zero_class_aware_but_one_agnostic():
     assert result["per_class"] == {"a": pytest.approx(0.0)}  # "b" has no GT: left out
 
 
-def test_no_predictions_gives_zero():
-    gt = _label_maps()
+def test_no_predictions_gives_zero(three_images):
+    _, gt = three_images
     preds = [Instances.empty(*g.image_size) for g in gt]
     result = evaluate_coco(gt, preds)
     for key in ("AP", "AP50", "AP75", "APs", "AR", "agnostic_AP"):

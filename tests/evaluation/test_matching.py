@@ -201,21 +201,8 @@ def test_map_r_duplicate_is_a_false_positive():
 # ----------------------------------------------------------------------------- perfect and empty
 
 
-def _label_maps():
-    a = np.zeros((32, 40), np.int32)
-    a[2:10, 3:12] = 1
-    a[12:20, 3:30] = 2
-    a[22:30, 20:38] = 3
-    b = np.zeros((24, 24), np.int32)
-    b[1:8, 1:8] = 5
-    b[10:22, 4:20] = 7
-    return [a, b, np.zeros((16, 20), np.int32)]
-
-
-def test_perfect_predictions_give_one_everywhere():
-    maps = _label_maps()
-    classes = [{1: 1, 2: 2, 3: 1}, {5: 2, 7: 2}, {}]
-    gt = [Instances.from_label_map(m, labels=c) for m, c in zip(maps, classes)]
+def test_perfect_predictions_give_one_everywhere(three_images):
+    maps, gt = three_images
     thresholds = np.round(np.arange(0.5, 0.96, 0.05), 2)
     result = evaluate_matching(gt, gt, MATCHING_METRICS, iou_thresholds=thresholds)
     fractions = {k: v for k, v in result.items() if k not in ("DiC", "abs_DiC", "num_images")}
