@@ -21,18 +21,13 @@ TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP")
 def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], grouper_names: list[str],
                         split: str) -> dict:
     """Evaluate groupers on one split; print the table; merge into metrics.json; draw overlays."""
-    from embedseg.engine.evaluator import run_groupers, score_groupers
-    from embedseg.engine.predictor import Predictor
-    from embedseg.engine.run import build_groupers, dataset_for_split, select_device
+    from embedseg.engine.evaluator import compare_groupers
     from embedseg.evaluation.tables import format_table, metric_columns
     from embedseg.viz import plot_grouping_comparison
 
-    dataset = dataset_for_split(config, split)
-    groupers = build_groupers(config, grouper_names)
-    predictor = Predictor(model, select_device(config.train.device))
-    run = run_groupers(predictor, dataset, groupers, config.eval.max_images, config.eval.num_overlays)
     ev = config.eval
-    results = score_groupers(run, class_names, ev.max_dets, ev.metrics, ev.iou_thresholds, ev.map_r_thresholds)
+    results, run = compare_groupers(config, model, class_names, grouper_names, split, ev.max_images,
+                                    metrics=ev.metrics)
 
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

@@ -76,12 +76,14 @@ def score_groupers(run: GroupingRun, class_names: list[str], max_dets: int = 100
 
 
 def compare_groupers(config, model, class_names: list[str], names: list[str] | None = None, split: str | None = None,
-                     max_images: int | None = None, progress: bool = True) -> tuple[dict[str, dict], GroupingRun]:
+                     max_images: int | None = None, progress: bool = True,
+                     metrics: list[str] | None = None) -> tuple[dict[str, dict], GroupingRun]:
     """Every grouper of `names` on the same network outputs of `split`: (metrics per grouper, the run).
 
     By default every registered grouper runs, the config's grouping blocks first and with their
     parameters; the others with their defaults. The network runs once per image; the timings
-    are of grouping alone.
+    are of grouping alone. `metrics` defaults to the config's eval.metrics plus "coco" (the
+    comparison table shows COCO AP).
     """
     from embedseg.engine.predictor import Predictor
     from embedseg.engine.run import build_groupers, dataset_for_split, select_device
@@ -94,7 +96,8 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
     predictor = Predictor(model, select_device(config.train.device))
     ev = config.eval
     run = run_groupers(predictor, dataset, groupers, max_images, ev.num_overlays, progress)
-    metrics = list(ev.metrics) if "coco" in ev.metrics else ["coco", *ev.metrics]  # the table needs COCO AP
+    if metrics is None:
+        metrics = list(ev.metrics) if "coco" in ev.metrics else ["coco", *ev.metrics]
     return score_groupers(run, class_names, ev.max_dets, metrics, ev.iou_thresholds, ev.map_r_thresholds), run
 
 
