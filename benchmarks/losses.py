@@ -1,6 +1,6 @@
 """Speed and memory of the vectorised embedding losses against per-instance Python-loop references.
 
-    .venv/bin/python benchmarks/losses.py [--instances 5 20 50] [--repeats 3] [--json PATH]
+    .venv/bin/python benchmarks/losses.py [--instances 5 20 50] [--repeats 5] [--json PATH]
 
 For a batch of B=4 images of 256x256 pixels with D=64 embeddings and K instances each, it times
 forward + backward of `discriminative` and `metric` (embedseg.losses) and of straightforward
@@ -152,14 +152,22 @@ def forward_backward(fn, embedding, instances):
     fn(embedding, instances)["loss"].backward()
 
 
-def best_time(fn, embedding, instances, repeats: int) -> float:
-    forward_backward(fn, embedding, instances)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_times(cases: dict, repeats: int) -> dict:
+    """{key: (fn, embedding, instances)} -> {key: best forward + backward seconds}.
+
+    One warm-up each, then `repeats` rounds that time every case once: the repeats of a case are
+    spread over the whole run, so a burst of load from another process spoils one round, not
+    every timing of one case. Best of N: the least disturbed (as timeit advises).
+    """
+    for fn, embedding, instances in cases.values():
         forward_backward(fn, embedding, instances)
-        times.append(time.perf_counter() - start)
-    return min(times)  # best of N: the least disturbed by other processes (as timeit advises)
+    best = {key: math.inf for key in cases}
+    for _ in range(repeats):
+        for key, (fn, embedding, instances) in cases.items():
+            start = time.perf_counter()
+            forward_backward(fn, embedding, instances)
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
 
 
 def peak_tensor_mb(fn, embedding, instances) -> float | None:
@@ -191,7 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-loop", action="store_true", help="time the vectorised losses only")
     parser.add_argument("--no-memory", action="store_true", help="skip the (slower) memory profile")
@@ -200,21 +208,25 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    losses = {"discriminative": (DiscriminativeLoss(), discriminative_loss_loop),
-              "metric": (MetricLoss(), metric_loss_loop)}
+    losses = {"discriminative": {"vectorised": DiscriminativeLoss(), "loop": discriminative_loss_loop},
+              "metric": {"vectorised": MetricLoss(), "loop": metric_loss_loop}}
+    inputs = {k: (make_instances(args.batch, args.size, k),
+                  (0.5 * torch.randn(args.batch, args.dim, args.size, args.size)).requires_grad_(True))
+              for k in args.instances}
+    versions = ["vectorised"] if args.no_loop else ["vectorised", "loop"]
+    cases = {(k, name, version): (versions_of[version], embedding, instances)
+             for k, (instances, embedding) in inputs.items()
+             for name, versions_of in losses.items() for version in versions}
+    seconds = best_times(cases, args.repeats)
     rows = []
-    for k in args.instances:
-        instances = make_instances(args.batch, args.size, k)
-        embedding = (0.5 * torch.randn(args.batch, args.dim, args.size, args.size)).requires_grad_(True)
-        for name, (vectorised, loop) in losses.items():
-            row = {"loss": name, "instances": k,
-                   "vectorised_s": best_time(vectorised, embedding, instances, args.repeats),
-                   "vectorised_peak_mb": None if args.no_memory else peak_tensor_mb(vectorised, embedding, instances)}
-            if not args.no_loop:
-                row["loop_s"] = best_time(loop, embedding, instances, args.repeats)
-                row["loop_peak_mb"] = None if args.no_memory else peak_tensor_mb(loop, embedding, instances)
-                row["speedup"] = row["loop_s"] / row["vectorised_s"]
-            rows.append(row)
+    for (k, name, version), (fn, embedding, instances) in cases.items():
+        if version == "vectorised":
+            rows.append({"loss": name, "instances": k})
+        row = rows[-1]
+        row[f"{version}_s"] = seconds[(k, name, version)]
+        row[f"{version}_peak_mb"] = None if args.no_memory else peak_tensor_mb(fn, embedding, instances)
+        if version == "loop":
+            row["speedup"] = row["loop_s"] / row["vectorised_s"]
 
     def fmt(value, spec):
         return "n/a" if value is None else format(value, spec)

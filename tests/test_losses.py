@@ -1,11 +1,15 @@
 """Discriminative loss against hand-computed values and a per-instance reference loop."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from embedseg.losses import LOSSES, DiscriminativeLoss, build_criterion, build_loss
 from embedseg.losses.seediness import SeedDistanceLoss
+from embedseg.losses.semantic import SemanticCrossEntropy, gap_pixels
 
 
 def image(points, ids):
@@ -33,6 +37,16 @@ def test_two_instances_background_and_ignored_pixels_by_hand():
     assert out["dist"].item() == pytest.approx(4.0)
     assert out["reg"].item() == pytest.approx(0.5)
     assert out["loss"].item() == pytest.approx(4.0005)
+
+
+def test_push_mean_active_averages_over_overlapping_pairs_only():
+    # means (0,0), (1,0), (10,0): only 1<->2 is closer than 2*1.5 (hinge 2 -> 4, both orders).
+    # "pairs": 2 * 4 / 6 ordered pairs; "active": 2 * 4 / 2 active pairs.
+    emb, ids = image([(0, 0), (1, 0), (10, 0)], [1, 2, 3])
+    assert DiscriminativeLoss()(emb, ids)["dist"].item() == pytest.approx(8 / 6)
+    assert DiscriminativeLoss(push_mean="active")(emb, ids)["dist"].item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="push_mean"):
+        DiscriminativeLoss(push_mean="some")
 
 
 def test_weights_alpha_beta_gamma():
@@ -77,14 +91,37 @@ def test_matches_reference_loop_on_random_data(loss_references):
         assert ours[key].item() == pytest.approx(float(ref[key]), rel=1e-6)
 
 
+@pytest.mark.parametrize("push_mean", ["pairs", "active"])
+def test_hand_written_backward_matches_autograd(push_mean, loss_references):
+    """_MeansAndPull's backward against torch.autograd.gradcheck (finite differences) and against
+    autograd through the reference loop."""
+    torch.manual_seed(2)
+    emb = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(-1, 4, (2, 6, 7))
+    loss = DiscriminativeLoss(delta_v=0.2, delta_d=1.0, push_mean=push_mean)
+    assert torch.autograd.gradcheck(lambda e: loss(e, ids)["loss"], (emb,))
+    if push_mean == "pairs":
+        (grad,) = torch.autograd.grad(loss(emb, ids)["loss"], emb)
+        ref = loss_references.discriminative_loss_loop(emb, ids, delta_v=0.2, delta_d=1.0)["loss"]
+        (ref_grad,) = torch.autograd.grad(ref, emb)
+        assert torch.allclose(grad, ref_grad, atol=1e-10)
+
+
 def test_invariant_to_relabelling_ids():
     torch.manual_seed(1)
     emb = torch.randn(2, 4, 10, 10, dtype=torch.float64)
     ids = torch.randint(0, 5, (2, 10, 10))
     permuted = torch.tensor([0, 17, 3, 250, 9])[ids]  # any positive ids, any order
-    a, b = DiscriminativeLoss()(emb, ids), DiscriminativeLoss()(emb, permuted)
-    for key in ("loss", "var", "dist", "reg"):
-        assert a[key].item() == pytest.approx(b[key].item(), rel=1e-12)
+    huge = torch.tensor([0, 2**40, 5, 2**31 + 7, 1])[ids]  # ids too large for a lookup table
+    a = DiscriminativeLoss()(emb, ids)
+    for other in (permuted, huge):
+        b = DiscriminativeLoss()(emb, other)
+        for key in ("loss", "var", "dist", "reg"):
+            assert a[key].item() == pytest.approx(b[key].item(), rel=1e-12)
+    # No background pixel at all: the smallest huge id must still be an instance.
+    full = DiscriminativeLoss()(emb, ids + 1)
+    full_huge = DiscriminativeLoss()(emb, torch.tensor([2**33, 2**40, 5, 2**31 + 7, 1])[ids])
+    assert full["loss"].item() == pytest.approx(full_huge["loss"].item(), rel=1e-12)
 
 
 def test_gradients_are_finite_when_means_coincide():
@@ -195,3 +232,32 @@ def test_trainer_logs_ramped_weights(tmp_path, tiny_config_file):
     assert [r["weight.semantic"] for r in records] == [0.0, 0.5]
     assert [r["weight.embedding"] for r in records] == [1.0, 1.0]
     assert {"embedding.same", "embedding.diff", "seediness.target"} <= set(records[0])
+
+
+def test_cross_entropy_matches_torch_with_class_weights_and_ignored_pixels():
+    logits = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    target = torch.randint(-1, 3, (2, 4, 5))
+    weights = [0.5, 1.0, 2.0]
+    ours = SemanticCrossEntropy(class_weights=weights)(logits, target)["loss"]
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(weights, dtype=torch.float64), ignore_index=-1)
+    assert ours.item() == pytest.approx(expected.item())
+
+
+def test_gap_pixels_mark_background_between_two_instances_only():
+    # Two instances two columns apart, a third far away; width 1 -> only the column between 1 and 2.
+    ids = torch.tensor([[[1, 1, 0, 2, 2, 0, 0, 0, 3]]])
+    assert gap_pixels(ids, width=1).int().tolist() == [[[0, 0, 1, 0, 0, 0, 0, 0, 0]]]
+
+
+def test_gap_weight_counts_gap_pixels_more_by_hand():
+    # Zero logits: each pixel costs log 2, except the gap pixel (index 2), confidently "object".
+    # With gap_weight 3 it counts 4 times: (4 log 2 + 4 cost) / (4 + 4).
+    ids = torch.tensor([[[1, 1, 0, 2, 2]]])
+    target = (ids > 0).long()
+    logits = torch.zeros(1, 2, 1, 5, dtype=torch.float64)
+    logits[0, 1, 0, 2] = 10.0  # the gap pixel says "object": its cost is log(1 + e^10)
+    cost = torch.log1p(torch.exp(torch.tensor(10.0, dtype=torch.float64))).item()
+    loss = SemanticCrossEntropy(gap_weight=3.0, gap_width=1)(logits, target, ids)["loss"].item()
+    expected = (4 * math.log(2) + 4 * cost) / (4 + 4)
+    assert loss == pytest.approx(expected)
+    assert SemanticCrossEntropy()(logits, target, ids)["loss"].item() == pytest.approx((4 * math.log(2) + cost) / 5)

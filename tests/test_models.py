@@ -29,7 +29,7 @@ def test_depths_differ_and_width_scales_channels():
 
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("size", [(64, 64), (50, 77)])
-@pytest.mark.parametrize("head_stride", [4, 2])
+@pytest.mark.parametrize("head_stride", [4, 2, 1])
 def test_every_model_predicts_at_input_resolution(name, size, head_stride):
     model = build_model(name, num_classes=3, backbone="resnet18", width=0.125, embedding_dim=16, head_stride=head_stride)
     out = model(torch.randn(2, 3, *size))

@@ -16,58 +16,62 @@ def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 @dataclass
-class InstanceIndex:
-    """Every labelled pixel of a batch tied to a batch-wide cluster index (vectorised bookkeeping).
+class ImageClusters:
+    """The instances of each image of a batch numbered 0..K_b-1, for losses on the dense [B, D, H*W] map.
 
-    pixel_cluster[P]: cluster of each instance pixel; pixel_flat[P]: its index in the flattened
-    [B*H*W] batch; cluster_image[K]: image of each cluster; cluster_size[K]: its pixel count;
-    num_images: B. Clusters are numbered image by image in increasing id order, so any relabelling
-    of the ids of one image permutes clusters within that image and changes no loss value.
+    pixel_cluster[B, H*W]: cluster of each pixel, `max_clusters` (one spare slot) for background
+    and ignored pixels; size[B, max_clusters + 1]: pixels per cluster (the spare slot's too);
+    num_clusters[B]: K_b. Clusters are numbered in increasing id order, so relabelling the ids of an
+    image permutes its clusters and changes no loss value.
     """
 
     pixel_cluster: torch.Tensor
-    pixel_flat: torch.Tensor
-    cluster_image: torch.Tensor
-    cluster_size: torch.Tensor
-    num_images: int
+    size: torch.Tensor
+    num_clusters: torch.Tensor
 
     @property
-    def num_clusters(self) -> int:
-        return len(self.cluster_image)
+    def max_clusters(self) -> int:
+        return self.size.shape[1] - 1
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[B, max_clusters] bool: the slot holds a cluster of that image."""
+        return torch.arange(self.max_clusters, device=self.size.device) < self.num_clusters[:, None]
 
     @classmethod
-    def build(cls, instances: torch.Tensor) -> "InstanceIndex":
+    def build(cls, instances: torch.Tensor) -> "ImageClusters":
         if instances.dim() != 3:
             raise ValueError(f"instances must be [B, H, W], got shape {tuple(instances.shape)}")
-        b, h, w = instances.shape
-        flat = instances.reshape(-1).long()
-        pixel_flat = torch.nonzero(flat > 0).squeeze(1)
-        image = pixel_flat // (h * w)
-        # One key per (image, id); unique() numbers them consecutively, image-major.
-        key = image * (int(flat.max().item()) + 1) + flat[pixel_flat] if len(pixel_flat) else image
-        keys, pixel_cluster, sizes = torch.unique(key, return_inverse=True, return_counts=True)
-        cluster_image = torch.zeros(len(keys), dtype=torch.long, device=instances.device)
-        cluster_image[pixel_cluster] = image
-        return cls(pixel_cluster, pixel_flat, cluster_image, sizes, b)
+        ids = instances.reshape(len(instances), -1).long()
+        foreground = ids > 0
+        ids = torch.where(foreground, ids, 0)
+        if foreground.any() and int(ids.max()) >= 2**20:  # huge ids: renumber them compactly first
+            ids = torch.where(foreground, torch.unique(ids, return_inverse=True)[1] + 1, 0)
+        # Which ids occur in each image, then each id's rank among them: O(B * max id), no sort.
+        present = torch.zeros(len(ids), int(ids.max()) + 1 if ids.numel() else 1, dtype=torch.bool,
+                              device=ids.device).scatter_(1, ids, True)
+        present[:, 0] = False
+        num_clusters = present.sum(1)
+        spare = int(num_clusters.max()) if len(ids) else 0
+        rank = present.long().cumsum(1) - 1
+        pixel_cluster = torch.where(foreground, rank.gather(1, ids), spare)
+        size = torch.zeros(len(ids), spare + 1, dtype=torch.long, device=ids.device)
+        size.scatter_add_(1, pixel_cluster, torch.ones_like(pixel_cluster))
+        return cls(pixel_cluster, size, num_clusters)
 
-    def pixel_embeddings(self, embedding: torch.Tensor) -> torch.Tensor:
-        """[P, D] embeddings of the instance pixels."""
-        # Index [B, D, H*W] directly: no transposed copy of the whole map (about 2x faster
-        # forward + backward than permute + reshape + index at 4x64x256x256).
-        n = embedding.shape[2] * embedding.shape[3]
-        return embedding.flatten(2)[self.pixel_flat // n, :, self.pixel_flat % n]
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """values [B, D, H*W] -> [B, D, max_clusters + 1] per-cluster sums (one scatter_add)."""
+        index = self.pixel_cluster.unsqueeze(1).expand_as(values)
+        return values.new_zeros(*values.shape[:2], self.max_clusters + 1).scatter_add_(2, index, values)
 
-    def cluster_means(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[K, D] mean of the pixel values of each cluster (index_add, no loop)."""
-        sums = pixel_values.new_zeros(self.num_clusters, pixel_values.shape[1])
-        sums.index_add_(0, self.pixel_cluster, pixel_values)
-        return sums / self.cluster_size.unsqueeze(1).to(pixel_values.dtype)
+    def at_pixels(self, table: torch.Tensor) -> torch.Tensor:
+        """table [B, D, max_clusters + 1] -> [B, D, H*W]: each pixel's cluster column (one gather)."""
+        index = self.pixel_cluster.unsqueeze(1).expand(*table.shape[:2], -1)
+        return table.gather(2, index)
 
-    def per_image_mean(self, cluster_values: torch.Tensor):
-        """Mean over the clusters of each image -> ([B] values, [B] bool: image has clusters)."""
-        counts = torch.bincount(self.cluster_image, minlength=self.num_images)
-        sums = cluster_values.new_zeros(self.num_images).index_add_(0, self.cluster_image, cluster_values)
-        return sums / counts.clamp_min(1), counts > 0
+    def means(self, values: torch.Tensor) -> torch.Tensor:
+        """values [B, D, H*W] -> [B, D, max_clusters + 1] per-cluster means."""
+        return self.sums(values) / self.size.clamp_min(1).unsqueeze(1).to(values.dtype)
 
 
 def mean_over_images(per_image: torch.Tensor, has_instances: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

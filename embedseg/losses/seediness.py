@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from embedseg.losses.base import LOSSES, InstanceIndex, PixelSample, gather_pixels, mean_over_images, sample_pixels
+from embedseg.losses.base import LOSSES, ImageClusters, PixelSample, gather_pixels, mean_over_images, sample_pixels
 
 
 @LOSSES.register("seed_distance")
@@ -26,12 +26,10 @@ class SeedDistanceLoss(nn.Module):
         self.sigma = sigma
 
     def targets(self, embedding: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
-        index = InstanceIndex.build(instances)
-        x = index.pixel_embeddings(embedding.detach())
-        mu = index.cluster_means(x)
-        sq = (x - mu[index.pixel_cluster]).pow(2).sum(1)
-        target = torch.zeros(instances.numel(), dtype=embedding.dtype, device=embedding.device)
-        target[index.pixel_flat] = torch.exp(-sq / (2 * self.sigma**2))
+        clusters = ImageClusters.build(instances)
+        x = embedding.detach().flatten(2)
+        sq = (x - clusters.at_pixels(clusters.means(x))).pow(2).sum(1)
+        target = torch.exp(-sq / (2 * self.sigma**2)) * (instances > 0).flatten(1)
         return target.view_as(instances)
 
     def forward(self, seediness: torch.Tensor, embedding: torch.Tensor, instances: torch.Tensor):

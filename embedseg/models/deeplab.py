@@ -21,7 +21,11 @@ class DeepLabEmbedding(nn.Module):
     heads run at stride 4 and their outputs are upsampled bilinearly, which for the final 1x1
     projections is the same as upsampling the features first, at a sixteenth of the cost. With
     `head_stride` 2 a second skip from the stride-2 stem refines the decoder features first: object
-    boundaries then sit within a pixel or two, which small objects (nuclei of 8 px) need.
+    boundaries then sit within a pixel or two, which small objects (nuclei of 8 px) need. With
+    `head_stride` 1 the class logits, upsampled from stride 2, are corrected at full resolution by
+    two small convs that also see the image (a learned snap of the foreground edge to the image
+    edge, which decides whether touching nuclei stay apart); embedding and seediness are smooth
+    maps and stay at stride 2. Running all heads at full resolution costs twice the training time.
 
     With `coord_scale` s > 0 the first two embedding channels are semi-convolutional (Novotny et
     al., ECCV 2018): the pixel's own (y, x) * s is added to what the head predicts, so the head
@@ -33,8 +37,8 @@ class DeepLabEmbedding(nn.Module):
     def __init__(self, backbone, num_classes: int, embedding_dim: int, aspp_channels: int,
                  decoder_channels: int, aspp_rates=(6, 12, 18), coord_scale: float = 0.0, head_stride: int = 4):
         super().__init__()
-        if head_stride not in (2, 4):
-            raise ValueError(f"head_stride must be 2 or 4, got {head_stride}")
+        if head_stride not in (1, 2, 4):
+            raise ValueError(f"head_stride must be 1, 2 or 4, got {head_stride}")
         if coord_scale < 0 or (coord_scale > 0 and embedding_dim < 2):
             raise ValueError(f"coord_scale must be >= 0 (and needs embedding_dim >= 2), got {coord_scale}")
         self.coord_scale = coord_scale
@@ -49,12 +53,15 @@ class DeepLabEmbedding(nn.Module):
             conv_norm_relu(decoder_channels, decoder_channels, 3),
         )
         hidden = decoder_channels
-        self.refine = None
-        if head_stride == 2:  # half the channels at four times the pixels: about the same cost per layer
+        self.refine = self.semantic_refine = None
+        if head_stride <= 2:  # half the channels at four times the pixels: about the same cost per layer
             hidden = max(8, decoder_channels // 2)
             fine_channels = max(8, decoder_channels // 8)
             self.fine_skip = conv_norm_relu(backbone.fine_channels, fine_channels, 1)
             self.refine = conv_norm_relu(decoder_channels + fine_channels, hidden, 3)
+        if head_stride == 1:
+            self.semantic_refine = nn.Sequential(  # 5x5 field of view on the image and the logits
+                conv_norm_relu(3 + num_classes + 1, 16, 3), conv_norm_relu(16, 16, 3), nn.Conv2d(16, num_classes + 1, 1))
         self.embedding_head = Head(hidden, hidden, embedding_dim)
         self.seediness_head = Head(hidden, hidden, 1)
         self.semantic_head = Head(hidden, hidden, num_classes + 1)
@@ -74,6 +81,9 @@ class DeepLabEmbedding(nn.Module):
             return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
         embedding = upsample(self.embedding_head(x))
+        semantic = upsample(self.semantic_head(x))
+        if self.semantic_refine is not None:
+            semantic = semantic + self.semantic_refine(torch.cat([images, semantic], dim=1))
         if self.coord_scale > 0:
             h, w = size
             ys = torch.arange(h, dtype=embedding.dtype, device=embedding.device)[:, None].expand(h, w)
@@ -82,7 +92,7 @@ class DeepLabEmbedding(nn.Module):
         return {
             "embedding": embedding,
             "seediness": torch.sigmoid(upsample(self.seediness_head(x))),
-            "semantic": upsample(self.semantic_head(x)),
+            "semantic": semantic,
         }
 
 
@@ -92,7 +102,7 @@ def deeplab(num_classes: int, backbone: str = "resnet50", width: float = 1.0, ou
             aspp_rates: list[int] = (6, 12, 18), coord_scale: float = 0.0, head_stride: int = 4) -> DeepLabEmbedding:
     """DeepLab v3+ style network. `aspp_channels`/`decoder_channels` are scaled by `width` too;
     `coord_scale` > 0 makes two embedding channels semi-convolutional, `head_stride` 2 adds a
-    stride-2 refinement before the heads (see DeepLabEmbedding)."""
+    stride-2 refinement before the heads, 1 a full-resolution one after it (see DeepLabEmbedding)."""
     net = BACKBONES.build(backbone, width=width, output_stride=output_stride)
     scaled = lambda c: max(8, int(round(c * width)))  # noqa: E731
     # ASPP rates are given for output stride 16; at stride 8 the same field of view needs twice the rate.
