@@ -1,6 +1,7 @@
 """Discriminative loss against hand-computed values and a per-instance reference loop."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -261,3 +262,15 @@ def test_gap_weight_counts_gap_pixels_more_by_hand():
     expected = (4 * math.log(2) + 4 * cost) / (4 + 4)
     assert loss == pytest.approx(expected)
     assert SemanticCrossEntropy()(logits, target, ids)["loss"].item() == pytest.approx((4 * math.log(2) + cost) / 5)
+
+
+def test_loss_benchmark_runs_and_writes_every_row(loss_references, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--instances", "2", "3", "--batch", "1", "--size", "16", "--dim", "4", "--repeats", "1",
+            "--threads", str(torch.get_num_threads()), "--no-memory", "--json", str(out)]  # leave threads as they are
+    assert loss_references.main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["loss"], r["instances"]) for r in rows] == [
+        ("discriminative", 2), ("metric", 2), ("discriminative", 3), ("metric", 3)]
+    assert all(r["speedup"] == pytest.approx(r["loop_s"] / r["vectorised_s"]) for r in rows)
+    assert "| discriminative | 3 |" in capsys.readouterr().out
