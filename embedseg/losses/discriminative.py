@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from embedseg.losses.base import LOSSES, ImageClusters, mean_over_images, pairwise_sq_distance
+from embedseg.losses.base import LOSSES, ImageClusters, mean_over_images, pairwise_sq_distance, safe_norm
 
 
 # Per-pixel work on the [B, D, N] map goes channel by channel where a whole-map op would make a
@@ -116,7 +116,7 @@ class DiscriminativeLoss(nn.Module):
         counted = pairs if self.push_mean == "pairs" else pairs & (push > 0)
         dist_img = push.sum((1, 2)) / counted.sum((1, 2)).clamp_min(1)
 
-        reg_img = (means.pow(2).sum(2).clamp_min(1e-12).sqrt() * valid).sum(1) / count
+        reg_img = (safe_norm(means) * valid).sum(1) / count
 
         var = mean_over_images(var_img, has, embedding)
         dist = mean_over_images(dist_img, has, embedding)
