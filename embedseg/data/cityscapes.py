@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from embedseg.data.base import DATASETS, checked_index
-from embedseg.data.folder import _load_image, _load_label, resolve_root
+from embedseg.data.folder import _load_image, _load_label, check_same_size, resolve_root
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,7 @@ class CityscapesDataset(Dataset):
         image_path, label_path = self.image_paths[index], self.label_paths[index]
         image = _load_image(image_path)
         ids = _load_label(label_path, "instanceIds map")
-        if ids.shape != image.shape[:2]:
-            raise ValueError(f"size mismatch: instance map {label_path} is {ids.shape[1]}x{ids.shape[0]} (WxH) "
-                             f"but image {image_path} is {image.shape[1]}x{image.shape[0]}")
+        check_same_size(ids, label_path, "instance map", image, image_path)
         instances, semantic = convert_instance_ids(ids, self.class_of_label, self.ignore_label_ids)
         return {"image": image, "instances": instances, "semantic": semantic, "image_id": index,
                 "name": self.names[index]}

@@ -169,6 +169,15 @@ class SplitFiles:
         return sorted(set(self.masks) - set(self.images))
 
 
+def check_same_size(label: np.ndarray, label_path: Path, what: str, image: np.ndarray, image_path: Path) -> None:
+    """Raise a ValueError naming both files when a label map and its image differ in size."""
+    if label.shape != image.shape[:2]:
+        raise ValueError(
+            f"size mismatch: {what} {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) "
+            f"but image {image_path} is {image.shape[1]}x{image.shape[0]}"
+        )
+
+
 def load_labelled_image(image_path: Path, mask_path: Path, semantic_path: Path | None = None,
                         class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 [H, W, 3], instances int32 [H, W], semantic int64 [H, W]) of one folder sample.
@@ -177,21 +186,13 @@ def load_labelled_image(image_path: Path, mask_path: Path, semantic_path: Path |
     """
     image = _load_image(image_path)
     instances = _load_label(mask_path, "mask")
-    if instances.shape != image.shape[:2]:
-        raise ValueError(
-            f"size mismatch: mask {mask_path} is {instances.shape[1]}x{instances.shape[0]} (WxH) "
-            f"but image {image_path} is {image.shape[1]}x{image.shape[0]}"
-        )
+    check_same_size(instances, mask_path, "mask", image, image_path)
     if instances.size and instances.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{mask_path}: instance ids must fit in int32, found {instances.max()}")
     if semantic_path is None:
         return image, instances.astype(np.int32), (instances > 0).astype(np.int64)
     semantic = _load_label(semantic_path, "semantic map")
-    if semantic.shape != image.shape[:2]:
-        raise ValueError(
-            f"size mismatch: semantic map {semantic_path} is {semantic.shape[1]}x{semantic.shape[0]} "
-            f"(WxH) but image {image_path} is {image.shape[1]}x{image.shape[0]}"
-        )
+    check_same_size(semantic, semantic_path, "semantic map", image, image_path)
     num_classes = len(class_names) if class_names else 1
     if semantic.size and semantic.max() > num_classes:
         raise ValueError(
