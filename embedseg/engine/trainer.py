@@ -94,7 +94,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
         raise ValueError(f"the {config.data.train_split} split has {len(dataset)} images, fewer than "
                          f"train.batch_size = {config.train.batch_size}")
     transform = TrainTransform.from_config(config.data)
-    model = build_network(config, dataset.num_classes).to(device)
+    # channels_last: the small-channel convs of the heads run 1.5-4x faster in it on CPU (oneDNN); ~10% a step
+    model = build_network(config, dataset.num_classes).to(device, memory_format=torch.channels_last)
     criterion = build_criterion(config.loss).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     total = config.train.steps
@@ -125,6 +126,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     with open(run_dir / "log.jsonl", "a") as log_file:
         while step < total:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             outputs = model(batch["image"])
             losses = criterion(outputs, batch, step=step)  # step: ramps of the loss weights
             optimizer.zero_grad(set_to_none=True)
