@@ -7,7 +7,8 @@ import torch
 
 from embedseg.evaluation import evaluate_coco
 from embedseg.grouping import GROUPERS, build_grouper
-from embedseg.grouping.base import mask_iou, mask_nms, masks_from_assignment, split_disconnected, squared_distances
+from embedseg.grouping.base import (mask_iou, mask_nms, masks_from_assignment, merge_continuous, split_disconnected,
+                                   squared_distances)
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
@@ -168,6 +169,45 @@ def test_split_disconnected_by_hand():
     assert torch.equal(parts.any(0), masks[0] | masks[1] & ~(torch.arange(5)[:, None] == 4))
 
 
+def test_merge_continuous_by_hand():
+    # 4x8 image: A | B on rows 0-1 are one object cut in two (channel 0 rises by 0.1 per column), C | D on
+    # rows 2-3 are two touching objects (channel 0 jumps from 0 to 3); channel 1 sets the rows apart.
+    embedding = torch.zeros(2, 4, 8)
+    embedding[0, :2] = 0.1 * torch.arange(8.0)
+    embedding[0, 2:, 4:] = 3.0
+    embedding[1, 2:] = 5.0
+    masks = torch.zeros(4, 4, 8, dtype=torch.bool)
+    masks[0, :2, :4] = masks[1, :2, 4:] = masks[2, 2:, :4] = masks[3, 2:, 4:] = True
+    scores = torch.tensor([0.2, 0.7, 0.5, 0.4])
+    # A -> B: 4 pixel pairs 2 px apart across the border, each 0.2 apart in embedding: mean jump 0.2.
+    merged, merged_scores = merge_continuous(masks, scores, embedding, threshold=0.35, step=2)
+    assert torch.equal(merged, torch.stack([masks[0] | masks[1], masks[2], masks[3]]))
+    assert merged_scores.tolist() == pytest.approx([0.7, 0.5, 0.4])  # the best of the parts
+    # Below the jump, or with fewer contacts than asked for, nothing merges.
+    assert torch.equal(merge_continuous(masks, scores, embedding, threshold=0.15)[0], masks)
+    assert torch.equal(merge_continuous(masks, scores, embedding, threshold=0.35, min_contact=5)[0], masks)
+    # Adjacent pixels (step 1) are 0.1 apart: 2 pairs (one per row), mean jump 0.1.
+    assert len(merge_continuous(masks, scores, embedding, threshold=0.15, step=1, min_contact=2)[0]) == 3
+
+
+def test_meanshift_merge_joins_a_long_object_the_bandwidth_cuts():
+    # One 6x40 object whose embedding rises by 0.1 per column (4 units end to end) above two touching 6x20
+    # objects 5 apart: bandwidth 1 cuts the long one into pieces; the merge joins them and only them.
+    embedding = torch.zeros(2, 12, 40)
+    embedding[0, :6] = 0.1 * torch.arange(40.0)
+    embedding[1, 6:] = 5.0
+    embedding[0, 6:, 20:] = 5.0
+    semantic = torch.stack([torch.zeros(12, 40), torch.ones(12, 40)])
+    outputs = {"embedding": embedding, "semantic": semantic}
+    cut = build_grouper("meanshift", bandwidth=1.0, min_size=5, sample_size=None)(outputs)
+    assert len(cut) > 3
+    joined = build_grouper("meanshift", bandwidth=1.0, min_size=5, sample_size=None, merge_threshold=0.35)(outputs)
+    expected = torch.zeros(12, 40, dtype=torch.long)
+    expected[6:, :20], expected[6:, 20:] = 1, 2
+    assert sorted(int(m.sum()) for m in joined.masks) == [120, 120, 240]
+    assert {tuple(np.unique(expected.numpy()[m])) for m in joined.masks} == {(0,), (1,), (2,)}
+
+
 # ----------------------------------------------------------------------------- shared helpers
 
 
@@ -296,6 +336,8 @@ def test_hdbscan_max_distance_leaves_far_pixels_out():
 def test_bad_parameters_are_errors():
     with pytest.raises(ValueError, match="bandwidth must be positive"):
         build_grouper("meanshift", bandwidth=0)
+    with pytest.raises(ValueError, match="merge_threshold"):
+        build_grouper("meanshift", merge_threshold=-1)
     with pytest.raises(ValueError, match="projection must be one of"):
         build_grouper("hdbscan", projection="umap")
     with pytest.raises(KeyError, match="unknown grouper 'kmeans'; choose one of"):
