@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from embedseg.losses import LOSSES, DiscriminativeLoss, build_criterion, build_loss
+from embedseg.losses.base import grow_instances
 from embedseg.losses.seediness import SeedDistanceLoss
 from embedseg.losses.semantic import SemanticCrossEntropy, gap_pixels
 
@@ -48,6 +49,33 @@ def test_push_mean_active_averages_over_overlapping_pairs_only():
     assert DiscriminativeLoss(push_mean="active")(emb, ids)["dist"].item() == pytest.approx(4.0)
     with pytest.raises(ValueError, match="push_mean"):
         DiscriminativeLoss(push_mean="some")
+
+
+def test_grow_instances_by_hand():
+    ids = torch.tensor([[[0, 0, 0, 0, 0, 0, 0],
+                         [0, 1, 0, 0, 0, 2, 0],
+                         [0, 0, 0, -1, 0, 0, 0]]])
+    # One step: the 8 neighbours of each instance; the ignored pixel neither changes nor spreads.
+    assert grow_instances(ids, 1).tolist() == [[[1, 1, 1, 0, 2, 2, 2],
+                                                [1, 1, 1, 0, 2, 2, 2],
+                                                [1, 1, 1, -1, 2, 2, 2]]]
+    # Two steps: column 3 is 2 px from both instances, a tie (the last shift, from the right, wins).
+    assert grow_instances(ids, 2)[0, :, 3].tolist() == [2, 2, -1]
+    assert grow_instances(ids, 0).equal(ids)
+    with pytest.raises(ValueError, match="width"):
+        grow_instances(ids, -1)
+
+
+def test_grow_pulls_the_background_next_to_an_instance_by_hand():
+    # 1-D image: instance 1 at x = 0 (two pixels), background at 1 and 3 px distance.
+    # grow 1 adds the near background pixel: mean (0+0+1)/3 = 1/3; distances 1/3, 1/3, 2/3 ->
+    # hinge at 0.5 leaves only (2/3 - 1/2)^2 = 1/36, averaged over the 3 pixels.
+    emb = torch.tensor([0.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 4)
+    ids = torch.tensor([[[1, 1, 0, 0]]])
+    assert DiscriminativeLoss(gamma=0)(emb, ids)["var"].item() == 0.0
+    assert DiscriminativeLoss(gamma=0, grow=1)(emb, ids)["var"].item() == pytest.approx(1 / 108)
+    with pytest.raises(ValueError, match="grow"):
+        DiscriminativeLoss(grow=-1)
 
 
 def test_weights_alpha_beta_gamma():
