@@ -149,8 +149,9 @@ def merge_continuous(masks: torch.Tensor, scores: torch.Tensor, embedding, thres
     label = torch.zeros(h, w, dtype=torch.long)  # 0 = no mask
     label[ys, xs] = which + 1
     sources, targets, jumps = [], [], []
-    for near, far, e_near, e_far in ((label[:-step], label[step:], embedding[:, :-step], embedding[:, step:]),
-                                     (label[:, :-step], label[:, step:], embedding[:, :, :-step], embedding[:, :, step:])):
+    down = (label[:-step], label[step:], embedding[:, :-step], embedding[:, step:])
+    right = (label[:, :-step], label[:, step:], embedding[:, :, :-step], embedding[:, :, step:])
+    for near, far, e_near, e_far in (down, right):
         border = (near > 0) & (far > 0) & (near != far)
         sources.append(near[border] - 1)
         targets.append(far[border] - 1)

@@ -90,10 +90,9 @@ def grow_instances(instances: torch.Tensor, width: int) -> torch.Tensor:
     for _ in range(width):
         padded = torch.nn.functional.pad(grown, (1, 1, 1, 1))  # id 0 beyond the border
         step = grown.clone()
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                neighbour = padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-                step = torch.where((grown == 0) & (neighbour > 0), neighbour, step)
+        for dy, dx in [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]:
+            neighbour = padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+            step = torch.where((grown == 0) & (neighbour > 0), neighbour, step)
         grown = step
     return grown
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from embedseg.losses.base import LOSSES, ImageClusters, grow_instances, mean_over_images, pairwise_sq_distance, safe_norm
+from embedseg.losses.base import (LOSSES, ImageClusters, grow_instances, mean_over_images, pairwise_sq_distance,
+                                  safe_norm)
 
 
 # Per-pixel work on the [B, D, N] map goes channel by channel where a whole-map op would make a
@@ -83,7 +84,8 @@ class DiscriminativeLoss(nn.Module):
     (`grow_instances`; also a change from the paper): the background next to an object is then
     pulled to that object's mean. A predicted foreground that bleeds a pixel or two past an
     object's edge joins that object, where unconstrained embeddings would otherwise lie anywhere,
-    often between the two means of touching objects, and merge them in mean-shift.
+    often between the two means of touching objects, and merge them in mean-shift. On DSB2018 it
+    did not help (grow 2: experiments/README.md).
 
     Works on the dense [B, D, H*W] map with one scatter_add and one gather per direction
     (`_MeansAndPull`), no per-pixel indexing: time O(B*H*W*D), memory O(B*H*W*D + B*K*D + B*K^2)
