@@ -50,14 +50,14 @@ class Predictor:
             raise ValueError(f"Predictor: tile_size = {tile_size} must be a positive multiple of pad_to = {pad_to}")
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
             raise ValueError(f"Predictor: tile_overlap = {tile_overlap} must be in [0, tile_size = {tile_size})")
-        self.model = model.eval().to(device)
+        self.model = model.eval().to(device, memory_format=torch.channels_last)  # as trained: ~20% faster on CPU
         self.device = torch.device(device)
         self.pad_to, self.tile_size, self.tile_overlap = pad_to, tile_size, tile_overlap
 
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(x)
-        return {"embedding": out["embedding"][0].float(), "seediness": out["seediness"][0, 0].float(),
-                "semantic": out["semantic"][0].float().softmax(0)}
+        out = self.model(x.contiguous(memory_format=torch.channels_last))
+        return {"embedding": out["embedding"][0].float().contiguous(), "seediness": out["seediness"][0, 0].float(),
+                "semantic": out["semantic"][0].float().softmax(0).contiguous()}
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
