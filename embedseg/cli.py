@@ -155,7 +155,7 @@ def cmd_predict(args) -> int:
     config, model, ckpt = load_run(args.run_dir, args.set)
     name = args.grouping or next(iter(config.grouping))
     grouper = build_groupers(config, [name])[name]
-    predictor = Predictor(model, select_device(config.train.device))
+    predictor = Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last)
     out.mkdir(parents=True, exist_ok=True)
     results, images = [], []
     from tqdm import tqdm

@@ -46,6 +46,14 @@ def test_training_is_deterministic_for_a_seed(tmp_path, tiny_config_file):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_channels_last_training_follows_the_plain_one(tmp_path, tiny_config_file):
+    config = load_config(tiny_config_file)
+    plain = [json.loads(line) for line in (train(config, tmp_path / "a") / "log.jsonl").read_text().splitlines()]
+    config.train.channels_last = True
+    fast = [json.loads(line) for line in (train(config, tmp_path / "b") / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in plain], rel=1e-3)
+
+
 def test_lr_schedule():
     assert lr_factor(0, 100, 10, "poly") == pytest.approx(0.1)
     assert lr_factor(10, 100, 10, "poly") == pytest.approx(1.0)

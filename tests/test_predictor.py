@@ -78,6 +78,15 @@ def test_deeplab_runs_tiled_on_odd_sizes():
     assert all(np.isfinite(v).all() for v in out.values())
 
 
+def test_channels_last_gives_the_same_outputs():
+    model = build_model("deeplab", num_classes=2, backbone="resnet18", width=0.125, output_stride=8,
+                        embedding_dim=4, coord_scale=0.1, head_stride=1)
+    plain = Predictor(model)(image(70, 90))
+    fast = Predictor(model, channels_last=True)(image(70, 90))
+    for key in plain:
+        np.testing.assert_allclose(fast[key], plain[key], atol=1e-4, err_msg=key)
+
+
 def test_bad_tile_parameters():
     with pytest.raises(ValueError, match="tile_size = 100 must be a positive multiple of pad_to = 32"):
         Predictor(ToyFCN(), tile_size=100)

@@ -93,7 +93,7 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
         names = list(config.grouping) + [n for n in GROUPERS.names() if n not in config.grouping]
     groupers = build_groupers(config, names)
     dataset = dataset_for_split(config, split or config.eval.split)
-    predictor = Predictor(model, select_device(config.train.device))
+    predictor = Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last)
     ev = config.eval
     run = run_groupers(predictor, dataset, groupers, max_images, ev.num_overlays, progress)
     if metrics is None:

@@ -94,8 +94,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
         raise ValueError(f"the {config.data.train_split} split has {len(dataset)} images, fewer than "
                          f"train.batch_size = {config.train.batch_size}")
     transform = TrainTransform.from_config(config.data)
-    # channels_last: the small-channel convs of the heads run 1.5-4x faster in it on CPU (oneDNN); ~10% a step
-    model = build_network(config, dataset.num_classes).to(device, memory_format=torch.channels_last)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = build_network(config, dataset.num_classes).to(device, memory_format=memory_format)
     criterion = build_criterion(config.loss).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     total = config.train.steps
@@ -126,8 +126,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     with open(run_dir / "log.jsonl", "a") as log_file:
         while step < total:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            outputs = model(batch["image"])
+            outputs = model(batch["image"].contiguous(memory_format=memory_format))
+            outputs = {k: v.contiguous() for k, v in outputs.items()}  # the losses read whole channel planes
             losses = criterion(outputs, batch, step=step)  # step: ramps of the loss weights
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -167,6 +167,6 @@ def validation_ap(config: Config, model, train_dataset, device) -> float:
     """COCO AP of the first grouper on the validation split (for picking best.pt)."""
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
-    run = run_groupers(Predictor(model, device), val, build_groupers(config, [first]),
+    run = run_groupers(Predictor(model, device, channels_last=config.train.channels_last), val, build_groupers(config, [first]),
                        max_images=config.eval.max_images, keep_images=0, progress=False)
     return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
