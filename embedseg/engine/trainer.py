@@ -167,6 +167,7 @@ def validation_ap(config: Config, model, train_dataset, device) -> float:
     """COCO AP of the first grouper on the validation split (for picking best.pt)."""
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
-    run = run_groupers(Predictor(model, device, channels_last=config.train.channels_last), val, build_groupers(config, [first]),
+    predictor = Predictor(model, device, channels_last=config.train.channels_last)
+    run = run_groupers(predictor, val, build_groupers(config, [first]),
                        max_images=config.eval.max_images, keep_images=0, progress=False)
     return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
