@@ -139,8 +139,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def cmd_predict(args) -> int:
     from PIL import Image
 
-    from embedseg.engine.predictor import Predictor
-    from embedseg.engine.run import build_groupers, load_run, select_device
+    from embedseg.engine.run import build_groupers, build_predictor, load_run
     from embedseg.viz import save_overlay
 
     out = Path(args.out)
@@ -155,7 +154,7 @@ def cmd_predict(args) -> int:
     config, model, ckpt = load_run(args.run_dir, args.set)
     name = args.grouping or next(iter(config.grouping))
     grouper = build_groupers(config, [name])[name]
-    predictor = Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last)
+    predictor = build_predictor(config, model)
     out.mkdir(parents=True, exist_ok=True)
     results, images = [], []
     from tqdm import tqdm

@@ -54,6 +54,16 @@ def test_channels_last_training_follows_the_plain_one(tmp_path, tiny_config_file
     assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in plain], rel=1e-3)
 
 
+def test_eval_every_scores_val_and_keeps_the_best_checkpoint(tmp_path, tiny_config_file):
+    config = load_config(tiny_config_file)
+    config.train.eval_every = 1  # at step 1 of 2 (the last step is scored by evaluate, not here)
+    run_dir = train(config, tmp_path / "run")
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    scored = [r for r in records if "val_AP" in r]
+    assert [r["step"] for r in scored] == [1] and 0.0 <= scored[0]["val_AP"] <= 1.0
+    assert (run_dir / "checkpoints" / "best.pt").exists()
+
+
 def test_lr_schedule():
     assert lr_factor(0, 100, 10, "poly") == pytest.approx(0.1)
     assert lr_factor(10, 100, 10, "poly") == pytest.approx(1.0)

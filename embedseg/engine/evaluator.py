@@ -85,15 +85,14 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
     are of grouping alone. `metrics` defaults to the config's eval.metrics plus "coco" (the
     comparison table shows COCO AP).
     """
-    from embedseg.engine.predictor import Predictor
-    from embedseg.engine.run import build_groupers, dataset_for_split, select_device
+    from embedseg.engine.run import build_groupers, build_predictor, dataset_for_split
     from embedseg.grouping import GROUPERS
 
     if names is None:
         names = list(config.grouping) + [n for n in GROUPERS.names() if n not in config.grouping]
     groupers = build_groupers(config, names)
     dataset = dataset_for_split(config, split or config.eval.split)
-    predictor = Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last)
+    predictor = build_predictor(config, model)
     ev = config.eval
     run = run_groupers(predictor, dataset, groupers, max_images, ev.num_overlays, progress)
     if metrics is None:

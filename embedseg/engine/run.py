@@ -10,6 +10,7 @@ import torch
 from embedseg.config import Config, config_from_dict, load_config
 from embedseg.data import DATASETS
 from embedseg.engine.checkpoint import load_checkpoint
+from embedseg.engine.predictor import Predictor
 from embedseg.grouping import build_grouper
 from embedseg.models import build_model
 
@@ -38,6 +39,11 @@ def dataset_for_split(config: Config, split: str):
 def build_network(config: Config, num_classes: int) -> torch.nn.Module:
     params = {k: v for k, v in config.model.items() if k != "name"}
     return build_model(config.model["name"], num_classes=num_classes, **params)
+
+
+def build_predictor(config: Config, model: torch.nn.Module) -> Predictor:
+    """The whole-image predictor on the config's device and memory format."""
+    return Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last)
 
 
 def build_groupers(config: Config, names: list[str] | None = None) -> dict:

@@ -18,8 +18,8 @@ from embedseg.config import Config, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
 from embedseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from embedseg.engine.evaluator import run_groupers, score_groupers
-from embedseg.engine.predictor import Predictor
-from embedseg.engine.run import dataset_for_split, build_groupers, build_network, seed_everything, select_device
+from embedseg.engine.run import (build_groupers, build_network, build_predictor, dataset_for_split, seed_everything,
+                                 select_device)
 from embedseg.losses import build_criterion
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
                 log_file.flush()
                 bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
             if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-                ap = validation_ap(config, model, dataset, device)
+                ap = validation_ap(config, model, dataset)
                 log_file.write(json.dumps({"step": step, "val_AP": ap}) + "\n")
                 model.train()
                 if ap > best_ap:
@@ -163,11 +163,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     return run_dir
 
 
-def validation_ap(config: Config, model, train_dataset, device) -> float:
+def validation_ap(config: Config, model, train_dataset) -> float:
     """COCO AP of the first grouper on the validation split (for picking best.pt)."""
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
-    predictor = Predictor(model, device, channels_last=config.train.channels_last)
-    run = run_groupers(predictor, val, build_groupers(config, [first]),
+    run = run_groupers(build_predictor(config, model), val, build_groupers(config, [first]),
                        max_images=config.eval.max_images, keep_images=0, progress=False)
     return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
