@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from embedseg.losses import LOSSES, DiscriminativeLoss, build_criterion, build_loss
-from embedseg.losses.base import grow_instances
+from embedseg.losses.base import compact_ids, grow_instances
 from embedseg.losses.seediness import SeedDistanceLoss
 from embedseg.losses.semantic import SemanticCrossEntropy, gap_pixels
 
@@ -49,6 +49,12 @@ def test_push_mean_active_averages_over_overlapping_pairs_only():
     assert DiscriminativeLoss(push_mean="active")(emb, ids)["dist"].item() == pytest.approx(4.0)
     with pytest.raises(ValueError, match="push_mean"):
         DiscriminativeLoss(push_mean="some")
+
+
+def test_compact_ids_by_hand():
+    ids = torch.tensor([[7, 0, 2**40, -1], [7, 3, 0, 2**40]])
+    assert compact_ids(ids).tolist() == [[2, 0, 3, -1], [2, 1, 0, 3]]
+    assert compact_ids(torch.tensor([5, 9])).tolist() == [1, 2]  # no background at all
 
 
 def test_grow_instances_by_hand():
@@ -276,6 +282,8 @@ def test_gap_pixels_mark_background_between_two_instances_only():
     # Two instances two columns apart, a third far away; width 1 -> only the column between 1 and 2.
     ids = torch.tensor([[[1, 1, 0, 2, 2, 0, 0, 0, 3]]])
     assert gap_pixels(ids, width=1).int().tolist() == [[[0, 0, 1, 0, 0, 0, 0, 0, 0]]]
+    # Ids beyond float32's exact integers (2^24) must stay apart too.
+    assert gap_pixels(ids + 2**30 * (ids > 0), width=1).equal(gap_pixels(ids, width=1))
 
 
 def test_gap_weight_counts_gap_pixels_more_by_hand():

@@ -15,6 +15,13 @@ def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x.pow(2).sum(dim).clamp_min(1e-12).sqrt()
 
 
+def compact_ids(instances: torch.Tensor) -> torch.Tensor:
+    """The positive ids renumbered 1..K in increasing order (over the whole tensor); 0 and ids < 0 kept."""
+    positive = instances > 0
+    present = torch.unique(instances[positive])  # sorted
+    return torch.where(positive, torch.searchsorted(present, instances) + 1, instances)
+
+
 @dataclass
 class ImageClusters:
     """The instances of each image of a batch numbered 0..K_b-1, for losses on the dense [B, D, H*W] map.
@@ -46,7 +53,7 @@ class ImageClusters:
         foreground = ids > 0
         ids = torch.where(foreground, ids, 0)
         if foreground.any() and int(ids.max()) >= 2**20:  # huge ids: renumber them compactly first
-            ids = torch.where(foreground, torch.unique(ids, return_inverse=True)[1] + 1, 0)
+            ids = compact_ids(ids)
         # Which ids occur in each image, then each id's rank among them: O(B * max id), no sort.
         present = torch.zeros(len(ids), int(ids.max()) + 1 if ids.numel() else 1, dtype=torch.bool,
                               device=ids.device).scatter_(1, ids, True)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedseg.losses.base import LOSSES
+from embedseg.losses.base import LOSSES, compact_ids
 
 
 def gap_pixels(instances: torch.Tensor, width: int) -> torch.Tensor:
@@ -15,6 +15,8 @@ def gap_pixels(instances: torch.Tensor, width: int) -> torch.Tensor:
     the thin background between touching objects, found with two max-pools instead of distance
     transforms.
     """
+    if instances.numel() and int(instances.max()) >= 2**24:  # float32 holds integers exactly up to 2^24
+        instances = compact_ids(instances)
     ids = instances.float().unsqueeze(1)
     positive = torch.where(ids > 0, ids, torch.full_like(ids, float("inf")))
     window = dict(kernel_size=2 * width + 1, stride=1, padding=width)
