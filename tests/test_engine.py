@@ -13,6 +13,7 @@ from PIL import Image
 from embedseg.cli import main
 from embedseg.config import load_config
 from embedseg.engine.checkpoint import load_checkpoint
+from embedseg.engine import trainer
 from embedseg.engine.trainer import lr_factor, train
 
 
@@ -52,6 +53,25 @@ def test_channels_last_training_follows_the_plain_one(tmp_path, tiny_config_file
     config.train.channels_last = True
     fast = [json.loads(line) for line in (train(config, tmp_path / "b") / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in plain], rel=1e-3)
+
+
+def test_bf16_training_follows_the_float32_one(tmp_path, tiny_config_file, monkeypatch, caplog):
+    config = load_config(tiny_config_file)
+    plain = [json.loads(line) for line in (train(config, tmp_path / "a") / "log.jsonl").read_text().splitlines()]
+    config.train.bf16 = True
+    monkeypatch.setattr(trainer, "fast_bf16", lambda device: False)  # as on a CPU without AVX512-BF16 / AMX
+    mixed = [json.loads(line) for line in (train(config, tmp_path / "b") / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in mixed] == pytest.approx([r["loss"] for r in plain], rel=0.05)
+    assert [r["loss"] for r in mixed] != [r["loss"] for r in plain]  # the forward did run in bfloat16
+    assert "no native bfloat16" in caplog.text
+
+
+def test_fast_bf16_reads_the_cpu_flags(monkeypatch):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: False, raising=False)
+    assert not trainer.fast_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert trainer.fast_bf16(torch.device("cpu"))
 
 
 def test_eval_every_scores_val_and_keeps_the_best_checkpoint(tmp_path, tiny_config_file):

@@ -58,6 +58,17 @@ def test_semi_convolutional_channels_add_the_pixel_position():
         build_model("deeplab", num_classes=1, width=0.125, coord_scale=-1.0)
 
 
+def test_positions_stay_float32_under_bf16_autocast():
+    # train.bf16: bfloat16 would round a position of 29.9 to a multiple of 1/8
+    model = build_model("deeplab", num_classes=1, backbone="resnet18", width=0.125, embedding_dim=4, coord_scale=0.1)
+    torch.nn.init.zeros_(model.embedding_head.out.weight)
+    torch.nn.init.zeros_(model.embedding_head.out.bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = model.eval()(torch.randn(1, 3, 16, 300))["embedding"][0]
+    assert emb.dtype == torch.float32
+    assert torch.equal(emb[1], 0.1 * torch.arange(300.0)[None, :].expand(16, 300))
+
+
 def test_tiled_prediction_keeps_positions_global():
     from embedseg.engine.predictor import Predictor
 

@@ -37,6 +37,15 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs natively here: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # private torch.cpu checks, hence getattr: a torch without them only loses the warning
+    return any(getattr(torch.cpu, check, lambda: True)() for check in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber an earlier run unless asked to resume it or overwrite it."""
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -93,6 +102,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     if len(dataset) < config.train.batch_size:
         raise ValueError(f"the {config.data.train_split} split has {len(dataset)} images, fewer than "
                          f"train.batch_size = {config.train.batch_size}")
+    if config.train.bf16 and not fast_bf16(device):
+        log.warning("train.bf16: this %s has no native bfloat16, so steps will be slower than in float32; "
+                    "consider --set train.bf16=false", device.type)
     transform = TrainTransform.from_config(config.data)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     model = build_network(config, dataset.num_classes).to(device, memory_format=memory_format)
@@ -126,8 +138,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     with open(run_dir / "log.jsonl", "a") as log_file:
         while step < total:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-            outputs = model(batch["image"].contiguous(memory_format=memory_format))
-            outputs = {k: v.contiguous() for k, v in outputs.items()}  # the losses read whole channel planes
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+                outputs = model(batch["image"].contiguous(memory_format=memory_format))
+            # float32 losses (a no-op without bf16); contiguous: the losses read whole channel planes
+            outputs = {k: v.float().contiguous() for k, v in outputs.items()}
             losses = criterion(outputs, batch, step=step)  # step: ramps of the loss weights
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()

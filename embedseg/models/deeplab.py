@@ -85,6 +85,7 @@ class DeepLabEmbedding(nn.Module):
         if self.semantic_refine is not None:
             semantic = semantic + self.semantic_refine(torch.cat([images, semantic], dim=1))
         if self.coord_scale > 0:
+            embedding = embedding.float()  # under bf16 autocast, positions of ~25 would be rounded to 1/8
             h, w = size
             ys = torch.arange(h, dtype=embedding.dtype, device=embedding.device)[:, None].expand(h, w)
             xs = torch.arange(w, dtype=embedding.dtype, device=embedding.device)[None, :].expand(h, w)
