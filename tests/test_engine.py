@@ -12,8 +12,8 @@ from PIL import Image
 
 from embedseg.cli import main
 from embedseg.config import load_config
-from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine import trainer
+from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.trainer import lr_factor, train
 
 
