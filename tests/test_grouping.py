@@ -7,8 +7,8 @@ import torch
 
 from embedseg.evaluation import evaluate_coco
 from embedseg.grouping import GROUPERS, build_grouper
-from embedseg.grouping.base import (mask_iou, mask_nms, masks_from_assignment, merge_continuous, split_disconnected,
-                                   squared_distances)
+from embedseg.grouping.base import (drop_relatively_small, mask_iou, mask_nms, masks_from_assignment, merge_continuous,
+                                   split_disconnected, squared_distances)
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
@@ -208,7 +208,32 @@ def test_meanshift_merge_joins_a_long_object_the_bandwidth_cuts():
     assert {tuple(np.unique(expected.numpy()[m])) for m in joined.masks} == {(0,), (1,), (2,)}
 
 
+@pytest.mark.parametrize("name, params", [("meanshift", {}), ("hdbscan", {"min_cluster_size": 5})])
+def test_min_relative_size_drops_a_fragment_far_smaller_than_the_image_s_objects(name, params):
+    # The six planted 12x12 squares plus a 3x3 fragment with an embedding of its own: min_size 5 keeps
+    # the fragment; min_relative_size 0.1 (of the median area 144: 14.4 px) drops it and only it.
+    outputs, gt = planted()
+    outputs["embedding"][:, 40:43, 40:43] = -8.0
+    outputs["semantic"][:, 40:43, 40:43] = np.array([0.05, 0.9, 0.05], np.float32)[:, None, None]
+    outputs["seediness"][40:43, 40:43] = 0.6
+    params = dict(params, min_size=5, sample_size=None)
+    assert len(build_grouper(name, **params)(outputs)) == 7
+    assert_exact_recovery(build_grouper(name, **params, min_relative_size=0.1)(outputs), gt)
+
+
 # ----------------------------------------------------------------------------- shared helpers
+
+
+def test_drop_relatively_small_by_hand():
+    masks = torch.zeros(5, 1, 100, dtype=torch.bool)
+    for i, area in enumerate([100, 3, 80, 4, 90]):  # median 80: at fraction 0.05 the threshold is 4 px
+        masks[i, 0, :area] = True
+    scores = torch.arange(5.0)
+    kept, kept_scores = drop_relatively_small(masks, scores, 0.05)
+    assert kept_scores.tolist() == [0.0, 2.0, 3.0, 4.0]
+    assert torch.equal(kept, masks[[0, 2, 3, 4]])
+    assert drop_relatively_small(masks, scores, 0.0)[1].tolist() == scores.tolist()
+    assert len(drop_relatively_small(masks[:0], scores[:0], 0.5)[0]) == 0
 
 
 def test_mask_iou_and_nms_by_hand():
@@ -338,6 +363,9 @@ def test_bad_parameters_are_errors():
         build_grouper("meanshift", bandwidth=0)
     with pytest.raises(ValueError, match="merge_threshold"):
         build_grouper("meanshift", merge_threshold=-1)
+    for name in ("meanshift", "hdbscan"):
+        with pytest.raises(ValueError, match="min_relative_size must be a fraction"):
+            build_grouper(name, min_relative_size=1.0)
     with pytest.raises(ValueError, match="projection must be one of"):
         build_grouper("hdbscan", projection="umap")
     with pytest.raises(KeyError, match="unknown grouper 'kmeans'; choose one of"):

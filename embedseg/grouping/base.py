@@ -128,6 +128,21 @@ def split_disconnected(masks: torch.Tensor, scores: torch.Tensor, min_size: int 
     return out.view(-1, h, w), scores[torch.from_numpy(parent[keep])]
 
 
+def drop_relatively_small(masks: torch.Tensor, scores: torch.Tensor,
+                          fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the masks [K, H, W] smaller than `fraction` x the median mask area of the image.
+
+    Objects of one image are of a size (nuclei of one modality, leaves of one plant), so a mask far
+    smaller than the image's typical one is a fragment: the rim of a large object, or debris. A
+    fixed `min_size` cannot tell: 30 px is a whole nucleus in one image and a fragment in the next.
+    """
+    if fraction <= 0 or len(masks) == 0:
+        return masks, scores
+    areas = masks.flatten(1).sum(1)
+    keep = areas >= fraction * areas.float().median()
+    return masks[keep], scores[keep]
+
+
 def merge_continuous(masks: torch.Tensor, scores: torch.Tensor, embedding, threshold: float, step: int = 2,
                      min_contact: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge touching masks [K, H, W] whose embedding [D, H, W] runs on smoothly across their border.

@@ -6,8 +6,9 @@ import logging
 import numpy as np
 import torch
 
-from embedseg.grouping.base import (GROUPERS, foreground_embeddings, instances_from_masks, masks_from_assignment,
-                                    random_generator, split_disconnected, squared_distances, subsample)
+from embedseg.grouping.base import (GROUPERS, drop_relatively_small, foreground_embeddings, instances_from_masks,
+                                    masks_from_assignment, random_generator, split_disconnected, squared_distances,
+                                    subsample)
 from embedseg.structures import Instances
 
 log = logging.getLogger(__name__)
@@ -37,15 +38,17 @@ class HDBSCANGrouper:
 
     Clusters smaller than `min_size` pixels are dropped. Score = the cluster's mean membership
     strength (`probabilities_` of its sampled members) x class confidence. With
-    `split_disconnected`, each 4-connected part of a cluster becomes an instance of its own.
+    `split_disconnected`, each 4-connected part of a cluster becomes an instance of its own. With
+    `min_relative_size` > 0, instances smaller than that fraction of the image's median instance
+    area are dropped last (`drop_relatively_small`).
     """
 
     def __init__(self, min_cluster_size: int = 20, min_samples: int | None = None,
                  cluster_selection_epsilon: float = 0.0, cluster_selection_method: str = "eom",
                  allow_single_cluster: bool = True, sample_size: int | None = 4000, min_sample_cluster_size: int = 5,
                  projection: str | None = "pca", n_components: int = 16, max_distance: float | None = None,
-                 min_size: int = 20, split_disconnected: bool = False, core_dist_n_jobs: int = 1,
-                 random_state: int = 0):
+                 min_size: int = 20, split_disconnected: bool = False, min_relative_size: float = 0.0,
+                 core_dist_n_jobs: int = 1, random_state: int = 0):
         import hdbscan  # noqa: F401  (here: building the grouper checks it is installed, importing embedseg does not)
 
         if min_cluster_size < 2 or min_sample_cluster_size < 2:
@@ -64,6 +67,9 @@ class HDBSCANGrouper:
             raise ValueError(f"sample_size must be >= 2 or None (every foreground pixel), got {sample_size}")
         if max_distance is not None and max_distance <= 0:
             raise ValueError(f"max_distance must be positive or None, got {max_distance}")
+        if not 0 <= min_relative_size < 1:
+            raise ValueError(f"min_relative_size must be a fraction in [0, 1) of the median instance area, "
+                             f"got {min_relative_size}")
         self.min_cluster_size, self.min_samples = min_cluster_size, min_samples
         self.cluster_selection_epsilon = cluster_selection_epsilon
         self.cluster_selection_method = cluster_selection_method
@@ -71,6 +77,7 @@ class HDBSCANGrouper:
         self.min_sample_cluster_size = min_sample_cluster_size
         self.projection, self.n_components = projection, n_components
         self.max_distance, self.min_size, self.split_disconnected = max_distance, min_size, split_disconnected
+        self.min_relative_size = min_relative_size
         self.core_dist_n_jobs, self.random_state = core_dist_n_jobs, random_state
 
     def __call__(self, outputs: dict) -> Instances:
@@ -113,6 +120,7 @@ class HDBSCANGrouper:
         scores = membership[kept]
         if self.split_disconnected:
             masks, scores = split_disconnected(masks, scores, self.min_size)
+        masks, scores = drop_relatively_small(masks, scores, self.min_relative_size)
         return instances_from_masks(masks, scores, outputs)
 
     def _project(self, xs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from embedseg.grouping.base import (GROUPERS, foreground_embeddings, instances_from_masks, masks_from_assignment,
-                                    merge_continuous, pixel_values, random_generator, split_disconnected,
-                                    squared_distances, subsample)
+from embedseg.grouping.base import (GROUPERS, drop_relatively_small, foreground_embeddings, instances_from_masks,
+                                    masks_from_assignment, merge_continuous, pixel_values, random_generator,
+                                    split_disconnected, squared_distances, subsample)
 from embedseg.structures import Instances
 
 
@@ -38,12 +38,14 @@ class MeanShiftGrouper:
     (far-apart look-alikes share an embedding when the image holds hundreds of objects).
     With `merge_threshold` > 0, touching instances whose embedding is continuous across their
     border are then merged (`merge_continuous`: pieces of one long object that the bandwidth cut).
+    With `min_relative_size` > 0, instances smaller than that fraction of the image's median
+    instance area are dropped last (`drop_relatively_small`).
     """
 
     def __init__(self, bandwidth: float = 1.0, min_size: int = 20, max_iter: int = 20, tol: float = 1e-3,
                  max_instances: int = 500, sample_size: int | None = 2048, seeds_per_round: int = 64,
                  split_disconnected: bool = False, merge_threshold: float = 0.0, merge_step: int = 2,
-                 random_state: int = 0):
+                 min_relative_size: float = 0.0, random_state: int = 0):
         if bandwidth <= 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
         if sample_size is not None and sample_size < 1:
@@ -55,8 +57,12 @@ class MeanShiftGrouper:
         self.max_instances, self.sample_size, self.seeds_per_round = max_instances, sample_size, seeds_per_round
         if merge_threshold < 0 or merge_step < 1:
             raise ValueError(f"need merge_threshold >= 0 and merge_step >= 1, got {merge_threshold}, {merge_step}")
+        if not 0 <= min_relative_size < 1:
+            raise ValueError(f"min_relative_size must be a fraction in [0, 1) of the median instance area, "
+                             f"got {min_relative_size}")
         self.split_disconnected, self.random_state = split_disconnected, random_state
         self.merge_threshold, self.merge_step = merge_threshold, merge_step
+        self.min_relative_size = min_relative_size
 
     def __call__(self, outputs: dict) -> Instances:
         pixel_index, x, image_size = foreground_embeddings(outputs)
@@ -94,6 +100,7 @@ class MeanShiftGrouper:
             masks, scores = split_disconnected(masks, scores, self.min_size)
         if self.merge_threshold > 0:
             masks, scores = merge_continuous(masks, scores, outputs["embedding"], self.merge_threshold, self.merge_step)
+        masks, scores = drop_relatively_small(masks, scores, self.min_relative_size)
         return instances_from_masks(masks, scores, outputs)
 
     def _find_modes(self, xs: torch.Tensor, xs_sq: torch.Tensor, priority: torch.Tensor,
