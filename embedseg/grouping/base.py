@@ -128,9 +128,17 @@ def split_disconnected(masks: torch.Tensor, scores: torch.Tensor, min_size: int 
     return out.view(-1, h, w), scores[torch.from_numpy(parent[keep])]
 
 
+def check_min_relative_size(fraction: float) -> float:
+    """`fraction` when it is a valid `min_relative_size` (a fraction in [0, 1) of the median area), else ValueError."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"min_relative_size must be a fraction in [0, 1) of the median instance area, got {fraction}")
+    return fraction
+
+
 def drop_relatively_small(masks: torch.Tensor, scores: torch.Tensor,
                           fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the masks [K, H, W] smaller than `fraction` x the median mask area of the image.
+    """Drop the masks [K, H, W] smaller than `fraction` x the median mask area of the image (the lower
+    of the two middle areas for an even K, as torch.median).
 
     Objects of one image are of a size (nuclei of one modality, leaves of one plant), so a mask far
     smaller than the image's typical one is a fragment: the rim of a large object, or debris. A

@@ -6,9 +6,9 @@ import logging
 import numpy as np
 import torch
 
-from embedseg.grouping.base import (GROUPERS, drop_relatively_small, foreground_embeddings, instances_from_masks,
-                                    masks_from_assignment, random_generator, split_disconnected, squared_distances,
-                                    subsample)
+from embedseg.grouping.base import (GROUPERS, check_min_relative_size, drop_relatively_small, foreground_embeddings,
+                                    instances_from_masks, masks_from_assignment, random_generator, split_disconnected,
+                                    squared_distances, subsample)
 from embedseg.structures import Instances
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,6 @@ class HDBSCANGrouper:
             raise ValueError(f"sample_size must be >= 2 or None (every foreground pixel), got {sample_size}")
         if max_distance is not None and max_distance <= 0:
             raise ValueError(f"max_distance must be positive or None, got {max_distance}")
-        if not 0 <= min_relative_size < 1:
-            raise ValueError(f"min_relative_size must be a fraction in [0, 1) of the median instance area, "
-                             f"got {min_relative_size}")
         self.min_cluster_size, self.min_samples = min_cluster_size, min_samples
         self.cluster_selection_epsilon = cluster_selection_epsilon
         self.cluster_selection_method = cluster_selection_method
@@ -77,7 +74,7 @@ class HDBSCANGrouper:
         self.min_sample_cluster_size = min_sample_cluster_size
         self.projection, self.n_components = projection, n_components
         self.max_distance, self.min_size, self.split_disconnected = max_distance, min_size, split_disconnected
-        self.min_relative_size = min_relative_size
+        self.min_relative_size = check_min_relative_size(min_relative_size)
         self.core_dist_n_jobs, self.random_state = core_dist_n_jobs, random_state
 
     def __call__(self, outputs: dict) -> Instances:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from embedseg.grouping.base import (GROUPERS, drop_relatively_small, foreground_embeddings, instances_from_masks,
-                                    masks_from_assignment, merge_continuous, pixel_values, random_generator,
-                                    split_disconnected, squared_distances, subsample)
+from embedseg.grouping.base import (GROUPERS, check_min_relative_size, drop_relatively_small, foreground_embeddings,
+                                    instances_from_masks, masks_from_assignment, merge_continuous, pixel_values,
+                                    random_generator, split_disconnected, squared_distances, subsample)
 from embedseg.structures import Instances
 
 
@@ -57,12 +57,9 @@ class MeanShiftGrouper:
         self.max_instances, self.sample_size, self.seeds_per_round = max_instances, sample_size, seeds_per_round
         if merge_threshold < 0 or merge_step < 1:
             raise ValueError(f"need merge_threshold >= 0 and merge_step >= 1, got {merge_threshold}, {merge_step}")
-        if not 0 <= min_relative_size < 1:
-            raise ValueError(f"min_relative_size must be a fraction in [0, 1) of the median instance area, "
-                             f"got {min_relative_size}")
         self.split_disconnected, self.random_state = split_disconnected, random_state
         self.merge_threshold, self.merge_step = merge_threshold, merge_step
-        self.min_relative_size = min_relative_size
+        self.min_relative_size = check_min_relative_size(min_relative_size)
 
     def __call__(self, outputs: dict) -> Instances:
         pixel_index, x, image_size = foreground_embeddings(outputs)
