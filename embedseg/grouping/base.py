@@ -94,7 +94,8 @@ def masks_from_assignment(assignment: torch.Tensor, pixel_index: torch.Tensor, n
     return masks.view(len(kept), h, w), kept
 
 
-def split_disconnected(masks: torch.Tensor, scores: torch.Tensor, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def split_disconnected(masks: torch.Tensor, scores: torch.Tensor,
+                       min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Every 4-connected part of every mask [K, H, W] as a mask of its own, with its mask's score.
 
     Embeddings are not unique across a whole image: two far-apart objects that look alike may land
