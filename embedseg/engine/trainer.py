@@ -1,4 +1,9 @@
-"""The training loop: config in, run directory out."""
+"""The training loop: config in, run directory out.
+
+`train` reads as the steps of a run: open the run directory, seed, build the parts, restore them
+from the last checkpoint when resuming, then `TrainingRun.fit` steps the optimiser, logging,
+evaluating and checkpointing as the config asks.
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +13,9 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
 from tqdm import tqdm
@@ -18,32 +25,42 @@ from embedseg.config import Config, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
 from embedseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from embedseg.engine.evaluator import run_groupers, score_groupers
-from embedseg.engine.run import (build_groupers, build_network, build_predictor, dataset_for_split, seed_everything,
-                                 select_device)
+from embedseg.engine.run import (
+    build_groupers,
+    build_network,
+    build_predictor,
+    dataset_for_split,
+    seed_everything,
+    select_device,
+)
 from embedseg.losses import build_criterion
 
 log = logging.getLogger(__name__)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then poly (power 0.9, as DeepLab), cosine or constant decay."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    if schedule == "poly":
-        return (1 - t) ** 0.9
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    return 1.0
+def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train the model of `config`, writing config.yaml, env.txt, log.jsonl and checkpoints/."""
+    run_dir = Path(run_dir)
+    open_run_dir(config, run_dir, resume, overwrite)
+    seed_everything(config.seed)
+    run = TrainingRun.build(config, run_dir, select_device(config.train.device))
+    if resume:
+        run.restore(run_dir / "checkpoints" / "last.pt")
+    run.fit()
+    return run_dir
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 autocast runs natively here: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # private torch.cpu checks, hence getattr: a torch without them only loses the warning
-    return any(getattr(torch.cpu, check, lambda: True)() for check in ("_is_avx512_bf16_supported",
-                                                                       "_is_amx_tile_supported"))
+# ----------------------------------------------------------------------------- the run directory
+
+
+def open_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Make (or reuse, when resuming) the run directory and write config.yaml and env.txt into it."""
+    prepare_run_dir(run_dir, resume, overwrite)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)  # before env.txt, which records the thread count
+    if not resume:
+        dump_config(config, run_dir / "config.yaml")
+    write_env(run_dir / "env.txt")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -74,6 +91,30 @@ def write_env(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# ----------------------------------------------------------------------------- schedule, precision, data
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then poly (power 0.9, as DeepLab), cosine or constant decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    if schedule == "poly":
+        return (1 - t) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs natively here: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # private torch.cpu checks, hence getattr: a torch without them only loses the warning
+    return any(getattr(torch.cpu, check, lambda: True)() for check in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
 def infinite_batches(dataset, batch_size: int, num_workers: int, seed: int, start_epoch: int = 0):
     """Shuffled batches forever; each epoch reshuffles with its own seed (reproducible on resume)."""
     epoch = start_epoch
@@ -86,95 +127,13 @@ def infinite_batches(dataset, batch_size: int, num_workers: int, seed: int, star
         epoch += 1
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train the model of `config`, writing config.yaml, env.txt, log.jsonl and checkpoints/."""
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume, overwrite)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    if not resume:
-        dump_config(config, run_dir / "config.yaml")
-    write_env(run_dir / "env.txt")
-    seed_everything(config.seed)
-    device = select_device(config.train.device)
-
+def training_dataset(config: Config):
+    """The train split; it must fill at least one batch."""
     dataset = dataset_for_split(config, config.data.train_split)
     if len(dataset) < config.train.batch_size:
         raise ValueError(f"the {config.data.train_split} split has {len(dataset)} images, fewer than "
                          f"train.batch_size = {config.train.batch_size}")
-    if config.train.bf16 and not fast_bf16(device):
-        log.warning("train.bf16: this %s has no native bfloat16, so steps will be slower than in float32; "
-                    "consider --set train.bf16=false", device.type)
-    transform = TrainTransform.from_config(config.data)
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = build_network(config, dataset.num_classes).to(device, memory_format=memory_format)
-    criterion = build_criterion(config.loss).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    total = config.train.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, config.train.warmup_steps, config.train.schedule))
-
-    step, best_ap = 0, -1.0
-    if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        step, best_ap = ckpt["step"], ckpt.get("best_ap", -1.0)
-        log.info("resumed %s at step %d", run_dir, step)
-
-    def checkpoint(name: str) -> None:
-        save_checkpoint(run_dir / "checkpoints" / name, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), step=step, best_ap=best_ap, rng=rng_state(),
-                        config=config.to_dict(), num_classes=dataset.num_classes,
-                        class_names=list(dataset.class_names))
-
-    batches = infinite_batches(TransformedDataset(dataset, transform), config.train.batch_size,
-                               config.train.num_workers, config.seed, start_epoch=step * config.train.batch_size // len(dataset))
-    model.train()
-    t_start, seen = time.perf_counter(), 0
-    bar = tqdm(total=total, initial=step, desc="train", disable=None, dynamic_ncols=True)
-    with open(run_dir / "log.jsonl", "a") as log_file:
-        while step < total:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
-                outputs = model(batch["image"].contiguous(memory_format=memory_format))
-            # float32 losses (a no-op without bf16); contiguous: the losses read whole channel planes
-            outputs = {k: v.float().contiguous() for k, v in outputs.items()}
-            losses = criterion(outputs, batch, step=step)  # step: ramps of the loss weights
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += len(batch["image"])
-            bar.update(1)
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(f"loss became {losses['loss'].item()} at step {step}; try a lower train.lr")
-            if step % config.train.log_every == 0 or step == total:
-                elapsed = time.perf_counter() - t_start
-                record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                          "images_per_s": seen / elapsed, "elapsed_s": elapsed}
-                record.update({k: float(v.detach()) for k, v in losses.items()})
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
-            if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-                ap = validation_ap(config, model, dataset)
-                log_file.write(json.dumps({"step": step, "val_AP": ap}) + "\n")
-                model.train()
-                if ap > best_ap:
-                    best_ap = ap
-                    checkpoint("best.pt")
-            if step % config.train.checkpoint_every == 0 and step < total:
-                checkpoint("last.pt")
-    bar.close()
-    checkpoint("last.pt")
-    log.info("trained %d steps in %.0f s (%.1f images/s)", total, time.perf_counter() - t_start,
-             seen / max(1e-9, time.perf_counter() - t_start))
-    return run_dir
+    return dataset
 
 
 def validation_ap(config: Config, model, train_dataset) -> float:
@@ -184,3 +143,144 @@ def validation_ap(config: Config, model, train_dataset) -> float:
     run = run_groupers(build_predictor(config, model), val, build_groupers(config, [first]),
                        max_images=config.eval.max_images, keep_images=0, progress=False)
     return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Throughput:
+    """Images seen and seconds since the first step, for the log and the final summary."""
+
+    def __init__(self) -> None:
+        self.start, self.images = time.perf_counter(), 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def per_second(self) -> float:
+        return self.images / max(1e-9, self.elapsed())
+
+
+@dataclass
+class TrainingRun:
+    """The parts of one training run and where it stands (step, best validation AP)."""
+
+    config: Config
+    run_dir: Path
+    device: torch.device
+    dataset: torch.utils.data.Dataset
+    transform: TrainTransform
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int = 0
+    best_ap: float = -1.0
+
+    @classmethod
+    def build(cls, config: Config, run_dir: Path, device: torch.device) -> TrainingRun:
+        """Data set, augmentation, network, losses, AdamW and the warm-up + decay schedule (the network's
+        initial weights are drawn from the RNG seeded just before)."""
+        dataset = training_dataset(config)
+        if config.train.bf16 and not fast_bf16(device):
+            log.warning("train.bf16: this %s has no native bfloat16, so steps will be slower than in float32; "
+                        "consider --set train.bf16=false", device.type)
+        transform = TrainTransform.from_config(config.data)
+        model = build_network(config, dataset.num_classes).to(device, memory_format=memory_format(config))
+        criterion = build_criterion(config.loss).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+        total, warmup, schedule = config.train.steps, config.train.warmup_steps, config.train.schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule))
+        return cls(config, run_dir, device, dataset, transform, model, criterion, optimizer, scheduler)
+
+    def restore(self, path: Path) -> None:
+        """Weights, optimiser, schedule, RNG states, step and best AP from a checkpoint of this run."""
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        self.step, self.best_ap = ckpt["step"], ckpt.get("best_ap", -1.0)
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model.state_dict(),
+                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), step=self.step,
+                        best_ap=self.best_ap, rng=rng_state(), config=self.config.to_dict(),
+                        num_classes=self.dataset.num_classes, class_names=list(self.dataset.class_names))
+
+    def fit(self) -> None:
+        """Step until train.steps; log, evaluate and checkpoint on the way; save last.pt at the end."""
+        train_config, total = self.config.train, self.config.train.steps
+        batches = self.batches()
+        self.model.train()
+        throughput = Throughput()
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=None, dynamic_ncols=True)
+        with open(self.run_dir / "log.jsonl", "a") as log_file:
+            while self.step < total:
+                batch = next(batches)
+                losses, grad_norm = self.train_step(batch)
+                throughput.images += len(batch["image"])
+                bar.update(1)
+                if self.step % train_config.log_every == 0 or self.step == total:
+                    record = self.log_record(losses, grad_norm, throughput)
+                    write_record(log_file, record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
+                if train_config.eval_every and self.step % train_config.eval_every == 0 and self.step < total:
+                    self.evaluate(log_file)
+                if self.step % train_config.checkpoint_every == 0 and self.step < total:
+                    self.save("last.pt")
+        bar.close()
+        self.save("last.pt")
+        log.info("trained %d steps in %.0f s (%.1f images/s)", total, throughput.elapsed(), throughput.per_second())
+
+    def batches(self):
+        """Augmented batches on the device, continuing the epoch sequence where a resumed run stopped."""
+        config = self.config
+        dataset = TransformedDataset(self.dataset, self.transform)
+        start_epoch = self.step * config.train.batch_size // len(self.dataset)
+        for batch in infinite_batches(dataset, config.train.batch_size, config.train.num_workers, config.seed,
+                                      start_epoch=start_epoch):
+            yield {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def train_step(self, batch: dict) -> tuple[dict, torch.Tensor]:
+        """One optimiser step on `batch`; returns the loss terms and the gradient norm before clipping."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
+            outputs = self.model(batch["image"].contiguous(memory_format=memory_format(self.config)))
+        # float32 losses (a no-op without bf16); contiguous: the losses read whole channel planes
+        outputs = {k: v.float().contiguous() for k, v in outputs.items()}
+        losses = self.criterion(outputs, batch, step=self.step)  # step: ramps of the loss weights
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(f"loss became {losses['loss'].item()} at step {self.step}; try a lower train.lr")
+        return losses, grad_norm
+
+    def log_record(self, losses: dict, grad_norm: torch.Tensor, throughput: Throughput) -> dict:
+        elapsed = throughput.elapsed()
+        record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                  "images_per_s": throughput.images / elapsed, "elapsed_s": elapsed}
+        record.update({k: float(v.detach()) for k, v in losses.items()})
+        return record
+
+    def evaluate(self, log_file: IO[str]) -> None:
+        """Log the validation AP; a new best is saved as best.pt."""
+        ap = validation_ap(self.config, self.model, self.dataset)
+        write_record(log_file, {"step": self.step, "val_AP": ap})
+        self.model.train()
+        if ap > self.best_ap:
+            self.best_ap = ap
+            self.save("best.pt")
+
+
+def memory_format(config: Config) -> torch.memory_format:
+    return torch.channels_last if config.train.channels_last else torch.contiguous_format
+
+
+def write_record(log_file: IO[str], record: dict) -> None:
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()

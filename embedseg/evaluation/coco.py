@@ -101,6 +101,23 @@ def evaluate_coco(
     `agnostic_AP/AP50/AP75` when `class_agnostic`, and num_images, num_gt, num_pred, max_dets.
     See the module docstring for the max_dets default and NaN, crowd and agnostic conventions.
     """
+    check_inputs(ground_truth, predictions, class_names, max_dets, crowd)
+    names = category_names(ground_truth, predictions, class_names)
+    gt_coco, dt_coco = coco_datasets(ground_truth, predictions, names, crowd)
+
+    E = _run(gt_coco, dt_coco, max_dets, use_cats=True)
+    result = _summary(E)
+    result["per_class"] = _per_class(E, names)
+    if class_agnostic:
+        result.update(_summary(_run(gt_coco, dt_coco, max_dets, use_cats=False), "agnostic_", areas=False))
+    result.update(num_images=len(ground_truth), num_gt=sum(len(g) for g in ground_truth),
+                  num_pred=len(dt_coco.dataset["annotations"]), max_dets=int(max_dets))
+    return result
+
+
+def check_inputs(ground_truth: list[Instances], predictions: list[Instances], class_names: list[str] | None,
+                 max_dets: int, crowd: list[np.ndarray | None] | None) -> None:
+    """One prediction and at most one crowd mask per image, of the image's size; labels in 1..len(class_names)."""
     if len(ground_truth) != len(predictions):
         raise ValueError(f"evaluate_coco needs one prediction per image: {len(ground_truth)} "
                          f"ground-truth images, {len(predictions)} predictions")
@@ -109,8 +126,6 @@ def evaluate_coco(
                          f"{len(crowd)} crowd masks")
     if max_dets < 1:
         raise ValueError(f"max_dets must be >= 1, got {max_dets}")
-
-    class_ids = set(range(1, len(class_names) + 1)) if class_names else set()
     for i, (gt, pred) in enumerate(zip(ground_truth, predictions)):
         if gt.image_size != pred.image_size:
             raise ValueError(f"image {i}: ground truth is {gt.image_size} but prediction is "
@@ -121,9 +136,23 @@ def evaluate_coco(
                 known = f"1..{len(class_names)}" if class_names else ">= 1"
                 raise ValueError(f"image {i}: {what} has class labels {sorted(set(bad))}, "
                                  f"expected {known}")
-        class_ids |= set(gt.labels.tolist()) | set(pred.labels.tolist())
-    names = {c: (class_names[c - 1] if class_names else str(c)) for c in sorted(class_ids)}
+        region = None if crowd is None else crowd[i]
+        if region is not None and np.any(region) and np.shape(region) != gt.image_size:
+            raise ValueError(f"image {i}: crowd mask has shape {np.shape(region)}, expected {gt.image_size}")
 
+
+def category_names(ground_truth: list[Instances], predictions: list[Instances],
+                   class_names: list[str] | None) -> dict[int, str]:
+    """{class id: name} of every named class and every label that occurs, in id order."""
+    class_ids = set(range(1, len(class_names) + 1)) if class_names else set()
+    for inst in (*ground_truth, *predictions):
+        class_ids |= set(inst.labels.tolist())
+    return {c: (class_names[c - 1] if class_names else str(c)) for c in sorted(class_ids)}
+
+
+def coco_datasets(ground_truth: list[Instances], predictions: list[Instances], names: dict[int, str],
+                  crowd: list[np.ndarray | None] | None) -> tuple[COCO, COCO]:
+    """In-memory COCO ground truth (crowd regions included) and detections; image ids 1..N in list order."""
     images, gt_anns, dt_anns = [], [], []
     for image_id, (gt, pred) in enumerate(zip(ground_truth, predictions), start=1):
         height, width = gt.image_size
@@ -132,29 +161,24 @@ def evaluate_coco(
         dt_anns += _annotations(pred.to_coco_results(image_id), len(dt_anns) + 1, iscrowd=0)
         region = None if crowd is None else crowd[image_id - 1]
         if region is not None and np.any(region):
-            if np.shape(region) != (height, width):
-                raise ValueError(f"image {image_id - 1}: crowd mask has shape {np.shape(region)}, "
-                                 f"expected {(height, width)}")
-            region = Instances(np.asarray(region, bool)[None], [1.0], [1]).to_rle()[0]
             present = sorted(set(gt.labels.tolist()) | set(pred.labels.tolist()))
-            gt_anns += _annotations(
-                [{"image_id": image_id, "category_id": c, "segmentation": dict(region)} for c in present],
-                len(gt_anns) + 1, iscrowd=1)
-
+            gt_anns += _annotations(_crowd_entries(region, image_id, present), len(gt_anns) + 1, iscrowd=1)
     categories = [{"id": c, "name": n} for c, n in names.items()]
-    gt_coco = _coco({"images": images, "categories": categories, "annotations": gt_anns})
-    dt_coco = _coco({"images": images, "categories": categories, "annotations": dt_anns})
+    return (_coco({"images": images, "categories": categories, "annotations": gt_anns}),
+            _coco({"images": images, "categories": categories, "annotations": dt_anns}))
 
-    E = _run(gt_coco, dt_coco, max_dets, use_cats=True)
-    result = _summary(E)
+
+def _crowd_entries(region: np.ndarray, image_id: int, categories: list[int]) -> list[dict]:
+    """The crowd mask once per category: a class-less ignore region must cover predictions of any class."""
+    rle = Instances(np.asarray(region, bool)[None], [1.0], [1]).to_rle()[0]
+    return [{"image_id": image_id, "category_id": c, "segmentation": dict(rle)} for c in categories]
+
+
+def _per_class(E: COCOeval, names: dict[int, str]) -> dict[str, float]:
+    """AP of each category that has ground truth to score."""
     per_class = {}
     for k, c in enumerate(E.params.catIds):
         ap = _mean(E.eval["precision"][:, :, k, 0, -1])
         if not np.isnan(ap):
             per_class[names[c]] = ap
-    result["per_class"] = per_class
-    if class_agnostic:
-        result.update(_summary(_run(gt_coco, dt_coco, max_dets, use_cats=False), "agnostic_", areas=False))
-    result.update(num_images=len(images), num_gt=sum(len(g) for g in ground_truth),
-                  num_pred=len(dt_anns), max_dets=int(max_dets))
-    return result
+    return per_class

@@ -34,6 +34,21 @@ def test_perfect_predictions_give_ap_one(three_images):
     assert (result["num_images"], result["num_gt"], result["num_pred"], result["max_dets"]) == (3, 5, 5, 1000)
 
 
+def test_one_missed_instance_gives_known_ap(three_images):
+    _, gt = three_images  # class 1: two instances; class 2: three (two of them in image 1)
+    missed = [gt[0], gt[1].select(np.array([True, False])), gt[2]]  # image 1's second instance (class 2) missed
+    result = evaluate_coco(gt, missed, class_names=["cat", "dog"])
+    # precision 1 up to the recall reached, 0 beyond: AP = recall thresholds reached / 101 at every IoU
+    dog = np.sum(RECALL_THRESHOLDS <= 2 / 3) / 101
+    assert dog == pytest.approx(67 / 101)
+    assert result["per_class"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(dog)}
+    for key in ("AP", "AP50", "AP75"):
+        assert result[key] == pytest.approx((1.0 + dog) / 2), key
+        assert result[f"agnostic_{key}"] == pytest.approx(81 / 101), key  # recall 4/5 over both classes
+    assert result["AR"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert (result["num_gt"], result["num_pred"]) == (5, 4)
+
+
 def test_false_positive_above_true_positive_gives_interpolated_ap():
     # 2 GT of class 1; a false positive (score 0.9) ranked above one perfect match (score 0.8).
     gt_mask = np.zeros((2, 30, 30), bool)
@@ -124,6 +139,14 @@ def test_mismatched_inputs_are_errors():
         evaluate_coco([Instances.empty(4, 4)], [])
     with pytest.raises(ValueError, match="expected 1..1"):
         evaluate_coco([_one(_square())], [_one(_square(), label=3)], class_names=["a"])
+    with pytest.raises(ValueError, match=r"ground truth is \(20, 20\) but prediction is \(20, 21\)"):
+        evaluate_coco([_one(_square())], [Instances.empty(20, 21)])
+    with pytest.raises(ValueError, match="max_dets must be >= 1, got 0"):
+        evaluate_coco([_one(_square())], [_one(_square())], max_dets=0)
+    with pytest.raises(ValueError, match="crowd needs one mask"):
+        evaluate_coco([_one(_square())], [_one(_square())], crowd=[])
+    with pytest.raises(ValueError, match=r"crowd mask has shape \(10, 10\), expected \(20, 20\)"):
+        evaluate_coco([_one(_square())], [_one(_square())], crowd=[np.ones((10, 10), bool)])
 
 
 def test_real_coco_sample_ground_truth_gives_ap_one(coco_sample_truth):
