@@ -14,9 +14,6 @@ pairs), and prints a Markdown table:
   allocator's allocation and free events that torch.profiler records (profile_memory=True).
   It counts tensor storage only, not Python objects or allocator slack, and is the same
   measure for both versions; "n/a" when this torch build does not expose the events.
-
-The loop references are also the known answers of tests/test_metric_loss.py: the vectorised
-losses must agree with them.
 """
 from __future__ import annotations
 
@@ -28,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from embedseg.losses import DiscriminativeLoss, MetricLoss, PixelSample
+from embedseg.losses import DiscriminativeLoss, MetricLoss
 from embedseg.losses.metric import MIN_SQ_DISTANCE
 
-# ----------------------------------------------------------------------------- loop references
+# ----------------------------------------------------------------------------- loop versions (the baseline timed)
 
 
 def discriminative_loss_loop(embedding, instances, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001):
@@ -79,15 +76,6 @@ def sample_groups_loop(instances, per_group=32, max_pixels=1024, include_backgro
             rank += 1
         samples.append({i: candidates[i][:taken[i]] for i in ids if taken[i]})
     return samples
-
-
-def groups_from_sample(sample: PixelSample) -> list[dict]:
-    """The pixels drawn by embedseg's sample_pixels, in the form sample_groups_loop returns."""
-    out = []
-    for b in range(sample.index.shape[0]):
-        index, ids = sample.index[b][sample.valid[b]], sample.ids[b][sample.valid[b]]
-        out.append({i: index[ids == i] for i in ids.unique().tolist()})
-    return out
 
 
 def metric_loss_loop(embedding, instances, pixels_per_instance=32, max_pixels=1024, include_background=True,
@@ -189,7 +177,7 @@ def peak_tensor_mb(fn, embedding, instances) -> float | None:
             live += nbytes
             peak = max(peak, live)
         return peak / 2**20 if events else None
-    except Exception:  # semi-private API: report n/a rather than a wrong figure
+    except Exception:  # noqa: BLE001 - semi-private API: report n/a rather than a wrong figure
         return None
 
 

@@ -1,7 +1,6 @@
 """Shared fixtures: the real data root (skipped with a reason when absent) and tiny configs."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -49,15 +48,6 @@ def tiny_config_file(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_CONFIG)
     return path
-
-
-@pytest.fixture(scope="session")
-def loss_references():
-    """benchmarks/losses.py: its per-instance Python-loop versions of the losses are known answers."""
-    spec = importlib.util.spec_from_file_location("benchmark_losses", REPO / "benchmarks" / "losses.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """Discriminative loss against hand-computed values and a per-instance reference loop."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_references import discriminative_loss_loop
 
 from embedseg.losses import LOSSES, DiscriminativeLoss, build_criterion, build_loss
 from embedseg.losses.base import compact_ids, grow_instances
@@ -114,20 +114,20 @@ def test_batch_averages_over_images_with_instances():
     assert torch.count_nonzero(emb.grad[2]) == 0
 
 
-def test_matches_reference_loop_on_random_data(loss_references):
-    """Against benchmarks/losses.py's per-instance Python loops over the DESIGN.md formula."""
+def test_matches_reference_loop_on_random_data():
+    """Against the per-instance Python loops over the DESIGN.md formula (tests/loss_references.py)."""
     torch.manual_seed(0)
     emb = torch.randn(3, 5, 12, 12, dtype=torch.float64)
     ids = torch.randint(-1, 6, (3, 12, 12))
     ids[1] = 0  # an empty image in the batch
     ours = DiscriminativeLoss(delta_v=0.3, delta_d=1.0, gamma=0.01)(emb, ids)
-    ref = loss_references.discriminative_loss_loop(emb, ids, delta_v=0.3, delta_d=1.0, gamma=0.01)
+    ref = discriminative_loss_loop(emb, ids, delta_v=0.3, delta_d=1.0, gamma=0.01)
     for key in ("loss", "var", "dist", "reg"):
         assert ours[key].item() == pytest.approx(float(ref[key]), rel=1e-6)
 
 
 @pytest.mark.parametrize("push_mean", ["pairs", "active"])
-def test_hand_written_backward_matches_autograd(push_mean, loss_references):
+def test_hand_written_backward_matches_autograd(push_mean):
     """_MeansAndPull's backward against torch.autograd.gradcheck (finite differences) and against
     autograd through the reference loop."""
     torch.manual_seed(2)
@@ -137,7 +137,7 @@ def test_hand_written_backward_matches_autograd(push_mean, loss_references):
     assert torch.autograd.gradcheck(lambda e: loss(e, ids)["loss"], (emb,))
     if push_mean == "pairs":
         (grad,) = torch.autograd.grad(loss(emb, ids)["loss"], emb)
-        ref = loss_references.discriminative_loss_loop(emb, ids, delta_v=0.2, delta_d=1.0)["loss"]
+        ref = discriminative_loss_loop(emb, ids, delta_v=0.2, delta_d=1.0)["loss"]
         (ref_grad,) = torch.autograd.grad(ref, emb)
         assert torch.allclose(grad, ref_grad, atol=1e-10)
 
@@ -298,15 +298,3 @@ def test_gap_weight_counts_gap_pixels_more_by_hand():
     expected = (4 * math.log(2) + 4 * cost) / (4 + 4)
     assert loss == pytest.approx(expected)
     assert SemanticCrossEntropy()(logits, target, ids)["loss"].item() == pytest.approx((4 * math.log(2) + cost) / 5)
-
-
-def test_loss_benchmark_runs_and_writes_every_row(loss_references, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    args = ["--instances", "2", "3", "--batch", "1", "--size", "16", "--dim", "4", "--repeats", "1",
-            "--threads", str(torch.get_num_threads()), "--no-memory", "--json", str(out)]  # leave threads as they are
-    assert loss_references.main(args) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["loss"], r["instances"]) for r in rows] == [
-        ("discriminative", 2), ("metric", 2), ("discriminative", 3), ("metric", 3)]
-    assert all(r["speedup"] == pytest.approx(r["loop_s"] / r["vectorised_s"]) for r in rows)
-    assert "| discriminative | 3 |" in capsys.readouterr().out

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from loss_references import every_pixel_by_group, groups_from_sample, metric_loss_loop
 
 from embedseg.losses import MetricLoss, SeedIoULoss, pair_similarity, sample_pixels
 from embedseg.losses.metric import MIN_SQ_DISTANCE, neg_log_dissimilarity, neg_log_similarity
-
 
 ALL = {"pixels_per_instance": 10_000, "max_pixels": 10_000}  # draw every pixel: no randomness left
 
@@ -138,18 +138,18 @@ def test_shape_mismatch_is_a_clear_error():
 # ----------------------------------------------------------------------------- against the loop references
 
 
-def test_metric_loss_matches_loop_reference_when_every_pixel_is_drawn(loss_references):
+def test_metric_loss_matches_loop_reference_when_every_pixel_is_drawn():
     torch.manual_seed(0)
     emb = 0.5 * torch.randn(3, 5, 10, 10, dtype=torch.float64)
     ids = torch.randint(-1, 5, (3, 10, 10))
     ids[1] = 0  # an image with background only
     ours = MetricLoss(**ALL)(emb, ids)
-    ref = loss_references.metric_loss_loop(emb, ids, **ALL)
+    ref = metric_loss_loop(emb, every_pixel_by_group(ids))
     for key in ("loss", "same", "diff"):
         assert ours[key].item() == pytest.approx(float(ref[key]), rel=1e-9)
 
 
-def test_metric_loss_matches_loop_reference_on_a_budgeted_sample(loss_references):
+def test_metric_loss_matches_loop_reference_on_a_budgeted_sample():
     torch.manual_seed(1)
     emb = 0.5 * torch.randn(2, 6, 16, 16, dtype=torch.float64)
     ids = torch.randint(-1, 8, (2, 16, 16))
@@ -157,7 +157,7 @@ def test_metric_loss_matches_loop_reference_on_a_budgeted_sample(loss_references
     sample = sample_pixels(ids, 6, 30)
     torch.manual_seed(5)  # the loss draws the same pixels again
     ours = MetricLoss(pixels_per_instance=6, max_pixels=30)(emb, ids)
-    ref = loss_references.metric_loss_loop(emb, ids, samples=loss_references.groups_from_sample(sample))
+    ref = metric_loss_loop(emb, groups_from_sample(sample))
     for key in ("loss", "same", "diff"):
         assert ours[key].item() == pytest.approx(float(ref[key]), rel=1e-9)
 

@@ -26,7 +26,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - name the file whatever went wrong
+    except Exception as e:  # name the file whatever went wrong
         raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
 
 

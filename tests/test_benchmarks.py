@@ -1,0 +1,24 @@
+"""The benchmark scripts run end to end with tiny sizes (their timings are never asserted)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_loss_benchmark_runs_and_writes_every_row(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--instances", "2", "3", "--batch", "1", "--size", "16", "--dim", "4", "--repeats", "1",
+            "--threads", "1", "--no-memory", "--json", str(out)]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "losses.py"), *args], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["loss"], r["instances"]) for r in rows] == [
+        ("discriminative", 2), ("metric", 2), ("discriminative", 3), ("metric", 3)]
+    for r in rows:
+        assert r["speedup"] == r["loop_s"] / r["vectorised_s"]
+    assert "| discriminative | 3 |" in result.stdout
