@@ -1,11 +1,11 @@
 """Config loading: base merge, --set overrides, and errors that name the key and the file."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from embedseg.config import Config, ConfigError, dump_config, load_config
-
-from pathlib import Path
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 REPO_CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.yaml"))
@@ -88,5 +88,7 @@ def test_defaults_are_valid():
 
 
 @pytest.mark.parametrize("path", REPO_CONFIGS)
-def test_shipped_configs_load(path):
-    load_config(EXPERIMENTS / path)
+def test_shipped_configs_load_and_read_back_from_a_run_directory(path, tmp_path):
+    config = load_config(EXPERIMENTS / path)
+    dump_config(config, tmp_path / "config.yaml")  # as train writes it; evaluate and resume read it back
+    assert load_config(tmp_path / "config.yaml") == config

@@ -12,9 +12,11 @@ from PIL import Image
 
 from embedseg.cli import main
 from embedseg.config import load_config
+from embedseg.data import SyntheticShapes
 from embedseg.engine import trainer
 from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.trainer import lr_factor, train
+from embedseg.structures import Instances
 
 
 def test_two_iteration_training_run(tmp_path, tiny_config_file):
@@ -108,16 +110,38 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
 
     images = tmp_path / "images"
     images.mkdir()
-    for i in range(2):
+    for i in range(2):  # odd sizes, and images like the training ones (where even 2 steps find something)
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40 + i, 53, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+        Image.fromarray(SyntheticShapes(split="val", num_images=2, size=64)[i]["image"]).save(images / f"shapes{i}.png")
     out = tmp_path / "pred"
     assert main(["predict", str(run_dir), str(images), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["im0.png", "im0_overlay.png", "im1.png", "im1_overlay.png",
-                                                      "images.json", "predictions.json"]
-    assert np.array(Image.open(out / "im1.png")).shape == (41, 53)
+    assert_predictions_describe_the_images(out, images, class_names=SyntheticShapes.class_names)
     # A second predict into the same folder is refused: nothing a user made is overwritten.
     assert main(["predict", str(run_dir), str(images), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def assert_predictions_describe_the_images(out, images, class_names):
+    """`embedseg predict`'s outputs: per image a label map and an overlay of its size, and COCO results
+    that give back exactly that label map."""
+    index = json.loads((out / "images.json").read_text())
+    assert [c["name"] for c in index["categories"]] == class_names
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(index["images"]) == len(list(images.iterdir())) and results  # some instance to check
+    for entry in index["images"]:
+        image = np.array(Image.open(images / entry["file_name"]))
+        assert (entry["height"], entry["width"]) == image.shape[:2]
+        stem = entry["file_name"].removesuffix(".png")
+        label_map = np.array(Image.open(out / f"{stem}.png"))
+        assert label_map.shape == image.shape[:2]
+        ours = [r for r in results if r["image_id"] == entry["id"]]
+        assert all(r["file_name"] == entry["file_name"] and 0.0 <= r["score"] <= 1.0 for r in ours)
+        restored = Instances.from_rle([r["segmentation"] for r in ours], [r["score"] for r in ours],
+                                      [r["category_id"] for r in ours], image_size=image.shape[:2])
+        np.testing.assert_array_equal(label_map, restored.to_label_map())
+        overlay = np.array(Image.open(out / f"{stem}_overlay.png").convert("RGB")).astype(int)
+        assert overlay.shape == image.shape
+        assert np.abs(overlay - image)[label_map == 0].max() <= 1  # background is left as it was
 
 
 def test_cli_errors_name_the_problem(tmp_path, tiny_config_file, capsys):
@@ -128,7 +152,7 @@ def test_cli_errors_name_the_problem(tmp_path, tiny_config_file, capsys):
 
 
 def test_data_synth_writes_folder_layout(tmp_path):
-    from embedseg.data import FolderDataset, SyntheticShapes
+    from embedseg.data import FolderDataset
 
     assert main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "5", "--size", "64"]) == 0
     disk = FolderDataset(str(tmp_path / "synth"), split="train")
@@ -138,5 +162,5 @@ def test_data_synth_writes_folder_layout(tmp_path):
 
 
 def test_python_dash_m_entry_point():
-    result = subprocess.run([sys.executable, "-m", "embedseg", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "embedseg", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "train" in result.stdout

@@ -7,8 +7,15 @@ import torch
 
 from embedseg.evaluation import evaluate_coco
 from embedseg.grouping import GROUPERS, build_grouper
-from embedseg.grouping.base import (drop_relatively_small, mask_iou, mask_nms, masks_from_assignment, merge_continuous,
-                                   split_disconnected, squared_distances)
+from embedseg.grouping.base import (
+    drop_relatively_small,
+    mask_iou,
+    mask_nms,
+    masks_from_assignment,
+    merge_continuous,
+    split_disconnected,
+    squared_distances,
+)
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
@@ -264,15 +271,24 @@ def test_squared_distances_and_masks_from_assignment():
 
 
 def test_seed_choice_maximises_seediness_times_distance_power():
-    x = torch.tensor([[0.0], [0.1], [3.0], [6.0]])
-    seediness = torch.tensor([0.9, 1.0, 0.5, 0.2])
-    choose = lambda **kw: build_grouper("seeds", **kw)._choose_seeds(x, seediness.clone()).tolist()  # noqa: E731
+    # Four foreground pixels of class 1 (probability 1) in a row, 1-d embeddings 0, 0.1, 3, 6 and seediness
+    # 0.9, 1.0, 0.5, 0.2. At tau 0.5 a seed's mask holds the pixels within sqrt(ln 3) = 1.05 of it and scores
+    # the seed's seediness, so the scores name the seeds chosen (iou_threshold 1: no mask is suppressed).
+    outputs = {"embedding": np.array([[[0.0, 0.1, 3.0, 6.0]]], np.float32),
+               "seediness": np.array([[0.9, 1.0, 0.5, 0.2]], np.float32),
+               "semantic": np.array([[[0.0] * 4], [[1.0] * 4]], np.float32)}
+
+    def seeds(**kw):
+        pred = build_grouper("seeds", **{"tau": 0.5, "min_size": 1, "iou_threshold": 1.0, **kw})(outputs)
+        return sorted(pred.scores.tolist(), reverse=True)
+
     # First the most seedy pixel (1); pixel 0 is inside its mask. Then 2 (0.5 * 2.9 > 0.2 * 5.9), then 3.
-    assert choose() == [1, 2, 3]
-    assert choose(power=2.0) == [1, 3, 2]  # 0.2 * 5.9^2 = 6.96 > 0.5 * 2.9^2 = 4.2
-    assert choose(exclude_covered=False) == [1, 2, 3, 0]  # 0 is last: 0.9 * 0.1
-    assert choose(max_seeds=2) == [1, 2]
-    assert choose(min_seediness=0.3) == [1, 2]
+    assert seeds() == pytest.approx([1.0, 0.5, 0.2])
+    assert seeds(max_seeds=2) == pytest.approx([1.0, 0.5])
+    assert seeds(max_seeds=2, power=2.0) == pytest.approx([1.0, 0.2])  # 0.2 * 5.9^2 = 6.96 > 0.5 * 2.9^2 = 4.2
+    assert seeds(exclude_covered=False) == pytest.approx([1.0, 0.9, 0.5, 0.2])
+    assert seeds(exclude_covered=False, max_seeds=3) == pytest.approx([1.0, 0.5, 0.2])  # 0 is last: 0.9 * 0.1
+    assert seeds(min_seediness=0.3) == pytest.approx([1.0, 0.5])
 
 
 def test_seed_masks_use_pair_similarity_at_each_tau_and_suppress_duplicates():
@@ -376,7 +392,7 @@ def test_bad_parameters_are_errors():
 
 
 def test_components_merges_touching_objects_of_one_class():
-    outputs, gt = planted(touching=True)
+    outputs, _ = planted(touching=True)
     pred = build_grouper("components", min_size=5)(outputs)
     assert len(pred) == 2  # one region per row/class: the baseline embeddings must beat
     assert sorted(pred.labels.tolist()) == [1, 2]
@@ -415,12 +431,23 @@ def test_compare_grouping_cli_writes_table_and_figures(tmp_path, tiny_config_fil
     assert list(json.loads((run_dir / "grouping_val.json").read_text())["groupers"]) == ["seeds"]
 
 
-def test_plot_ap_vs_time(tmp_path):
+def test_plot_ap_vs_time_places_each_grouper_by_time_and_ap(tmp_path):
+    import matplotlib.pyplot as plt
     from PIL import Image
 
     from embedseg.viz import plot_ap_vs_time
 
     results = {"a": {"AP": 0.8, "group_ms_median": 12.0, "group_ms_p90": 20.0},
-               "b": {"AP": float("nan"), "group_ms_median": 900.0, "group_ms_p90": 950.0}}
-    path = plot_ap_vs_time(results, tmp_path / "ap.png", title="t")
-    assert Image.open(path).size[0] > 100
+               "b": {"AP": float("nan"), "group_ms_median": 900.0, "group_ms_p90": 950.0},  # drawn at AP 0
+               "c": {"AP": 0.3, "group_ms_median": 100.0, "group_ms_p90": 100.0}}
+    image = np.array(Image.open(plot_ap_vs_time(results, tmp_path / "ap.png", title="t")).convert("RGB")).astype(int)
+    centre = {}
+    for i, name in enumerate(results):  # each grouper's point (and time bar) in its own tab10 colour
+        color = np.round(255 * np.array(plt.get_cmap("tab10")(i)[:3]))
+        ys, xs = np.nonzero(np.abs(image - color).sum(-1) <= 3)
+        assert len(ys) > 10, name
+        centre[name] = (np.median(xs), ys.mean())
+    (xa, ya), (xb, yb), (xc, yc) = centre["a"], centre["b"], centre["c"]
+    assert xa < xc < xb  # time grows to the right
+    assert ya < yc < yb  # AP grows upwards (image rows downwards)
+    assert (yc - ya) / (yb - ya) == pytest.approx((80 - 30) / 80, abs=0.05)  # a linear AP axis

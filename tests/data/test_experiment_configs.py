@@ -12,8 +12,12 @@ CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for folder in ("dsb2018", "cvpp
                  for p in (EXPERIMENTS / folder).glob("*.yaml"))
 
 
-def test_every_data_set_has_a_cpu_and_a_full_config():
-    assert CONFIGS == ["cvppp/cpu.yaml", "cvppp/full.yaml", "dsb2018/cpu.yaml", "dsb2018/full.yaml"]
+@pytest.mark.parametrize("folder", ["dsb2018", "cvppp"])
+def test_every_data_set_has_a_cpu_and_a_full_config(folder):
+    cpu, full = (load_config(EXPERIMENTS / folder / f"{kind}.yaml") for kind in ("cpu", "full"))
+    assert full.data.dataset == cpu.data.dataset  # the same data, a bigger run
+    assert (cpu.model["backbone"], full.model["backbone"]) == ("resnet18", "resnet50")
+    assert full.train.steps > cpu.train.steps and cpu.train.threads == 2
 
 
 @pytest.mark.parametrize("name", CONFIGS)
