@@ -320,7 +320,9 @@ def validate_components(config: Config, where: str) -> None:
             if not isinstance(params, dict):
                 raise ConfigError(f"{where}: grouping.{name} must be a mapping of parameters")
             config.grouping[name] = params
-        _check_params(GROUPERS, name, params, where, f"grouping.{name}")
+        _check_params(GROUPERS, name, {k: v for k, v in params.items() if k != "postprocess"}, where,
+                      f"grouping.{name}")
+        _check_postprocess(params.get("postprocess"), where, f"grouping.{name}.postprocess")
     _check_choice(config.train.schedule, SCHEDULES, where, "train.schedule")
     _check_choice(config.train.device, DEVICES, where, "train.device")
     if not config.eval.metrics:
@@ -336,6 +338,27 @@ def validate_components(config: Config, where: str) -> None:
                        ("eval.max_dets", config.eval.max_dets)):
         if value < 1:
             raise ConfigError(f"{where}: {key} must be at least 1, got {value}")
+
+
+def _check_postprocess(steps: Any, where: str, key: str) -> None:
+    """A grouper's `postprocess` list (or None): each entry a step name or {name: step, <params>}, with
+    the step's required params given and values the step accepts (it is built once to check them)."""
+    from embedseg.grouping import POSTPROCESS
+
+    if steps is not None and not isinstance(steps, list):
+        raise ConfigError(f"{where}: {key} = {steps!r} must be a list of steps, each a name or "
+                          f"{{name: step, <params>}}; choices: {', '.join(POSTPROCESS.names())}")
+    for i, entry in enumerate(steps or []):
+        block = {"name": entry} if isinstance(entry, str) else entry
+        _check_component(POSTPROCESS, block, where, f"{key}[{i}]")
+        name, params = block["name"], {k: v for k, v in block.items() if k != "name"}
+        for p, spec in POSTPROCESS.parameters(name).items():
+            if spec.default is spec.empty and p not in params:
+                raise ConfigError(f"{where}: {key}[{i}].{p} is missing; postprocess step {name!r} needs it")
+        try:
+            POSTPROCESS.build(name, **params)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {key}[{i}]: {e}") from None
 
 
 def dump_config(config: Config, path: str | Path) -> None:

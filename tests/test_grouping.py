@@ -5,17 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from embedseg.config import ConfigError, config_from_dict
 from embedseg.evaluation import evaluate_coco
-from embedseg.grouping import GROUPERS, build_grouper
-from embedseg.grouping.base import (
-    drop_relatively_small,
-    mask_iou,
-    mask_nms,
-    masks_from_assignment,
-    merge_continuous,
-    split_disconnected,
-    squared_distances,
-)
+from embedseg.grouping import GROUPERS, POSTPROCESS, Grouper, build_grouper, build_postprocess
+from embedseg.grouping.base import masks_from_assignment, squared_distances
+from embedseg.grouping.seeds import mask_iou, mask_nms
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
@@ -107,13 +101,34 @@ def test_every_grouper_recovers_planted_clusters_with_classes_and_ordered_scores
     assert np.all((pred.scores > 0) & (pred.scores <= 1))
 
 
+# Valid parameters of each step, for the tests over every step; a new step needs an entry here.
+STEP_EXAMPLES = {"split_disconnected": {}, "drop_small": {"min_size": 5}, "merge_continuous": {"threshold": 0.35},
+                 "drop_relatively_small": {"fraction": 0.1}}
+
+
+def step_example(step: str) -> dict:
+    if step not in STEP_EXAMPLES:
+        pytest.fail(f"postprocess step {step!r} has no example parameters in tests/test_grouping.py: add one")
+    return {"name": step, **STEP_EXAMPLES[step]}
+
+
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_every_grouper_handles_empty_foreground(name):
     outputs, _ = planted(touching=False)
     outputs["semantic"][0] = 1.0  # background wins everywhere
     outputs["seediness"][:] = 0.0
-    pred = build_grouper(name)(outputs)
+    pred = build_grouper(name, postprocess=[step_example(s) for s in POSTPROCESS.names()])(outputs)
     assert len(pred) == 0 and pred.image_size == (48, 48)
+
+
+@pytest.mark.parametrize("step", POSTPROCESS.names())
+@pytest.mark.parametrize("name", GROUPERS.names())
+def test_every_postprocess_step_after_every_grouper_keeps_planted_clusters(name, step):
+    outputs, gt = planted(touching=False)  # connected, apart, of one size: no step has anything to change
+    pred = build_grouper(name, postprocess=[step_example(step)])(outputs)
+    assert pred.masks.dtype == bool and pred.masks.shape == (6, 48, 48)
+    assert np.all((pred.scores > 0) & (pred.scores <= 1)) and set(pred.labels.tolist()) == {1, 2}
+    assert_exact_recovery(pred, gt)
 
 
 # Parameters that make each sampling grouper subsample this small image, so random_state matters.
@@ -150,6 +165,9 @@ def test_embedding_groupers_split_touching_objects(name):
     assert_exact_recovery(build_grouper(name)(outputs), gt)
 
 
+# ----------------------------------------------------------------------------- post-processing steps
+
+
 @pytest.mark.parametrize("name", sorted(set(GROUPERS.names()) - {"components"}))
 def test_split_disconnected_separates_far_apart_look_alikes(name):
     outputs, gt = planted(touching=False)
@@ -158,22 +176,55 @@ def test_split_disconnected_separates_far_apart_look_alikes(name):
     outputs["embedding"][:, label_map == 3] = outputs["embedding"][:, label_map == 1]
     merged = build_grouper(name)(outputs)
     assert len(merged) == 5
-    split = build_grouper(name, split_disconnected=True)(outputs)
+    split = build_grouper(name, postprocess=["split_disconnected"])(outputs)
     assert len(split) == 6
     np.testing.assert_array_equal(split.to_label_map() > 0, label_map > 0)
     assert evaluate_coco([gt], [split])["AP"] == pytest.approx(1.0)
 
 
-def test_split_disconnected_by_hand():
+def disconnected_masks():
+    """Mask 0: two squares of 4 pixels touching at a corner only; mask 1: a line of 6 pixels (through the
+    second square: masks may overlap) and a lone pixel."""
     masks = torch.zeros(2, 5, 6, dtype=torch.bool)
-    masks[0, 0:2, 0:2] = True  # mask 0: two squares of 4 pixels, diagonal neighbours only
-    masks[0, 2:4, 2:4] = True
-    masks[1, 2, :] = True  # mask 1: a line of 6 pixels and a lone pixel
-    masks[1, 4, 0] = True
-    parts, scores = split_disconnected(masks, torch.tensor([0.9, 0.5]), min_size=2)
-    assert [int(p.sum()) for p in parts] == [4, 4, 6]  # 4-connectivity; the lone pixel is dropped
-    assert scores.tolist() == pytest.approx([0.9, 0.9, 0.5])
-    assert torch.equal(parts.any(0), masks[0] | masks[1] & ~(torch.arange(5)[:, None] == 4))
+    masks[0, 0:2, 0:2] = masks[0, 2:4, 2:4] = True
+    masks[1, 2, :] = masks[1, 4, 0] = True
+    return masks, torch.tensor([0.9, 0.5])
+
+
+def run_chain(steps, masks, scores, outputs=None):
+    for step in build_postprocess(steps):
+        masks, scores = step(masks, scores, outputs or {})
+    return masks, scores
+
+
+def test_split_disconnected_by_hand():
+    masks, scores = disconnected_masks()
+    parts, part_scores = run_chain(["split_disconnected"], masks, scores)
+    assert [int(p.sum()) for p in parts] == [4, 4, 6, 1]  # 4-connectivity: diagonal neighbours are apart
+    assert part_scores.tolist() == pytest.approx([0.9, 0.9, 0.5, 0.5])
+    assert torch.equal(parts[0] | parts[1], masks[0]) and torch.equal(parts[2] | parts[3], masks[1])
+
+
+def test_drop_small_by_hand_and_the_chain_runs_in_order():
+    masks, scores = disconnected_masks()  # areas 8 and 7; after the split 4, 4, 6 and 1
+    kept, kept_scores = run_chain([{"name": "drop_small", "min_size": 8}], masks, scores)
+    assert torch.equal(kept, masks[:1]) and kept_scores.tolist() == pytest.approx([0.9])
+    split_first = run_chain(["split_disconnected", {"name": "drop_small", "min_size": 2}], masks, scores)[0]
+    assert [int(p.sum()) for p in split_first] == [4, 4, 6]
+    drop_first = run_chain([{"name": "drop_small", "min_size": 2}, "split_disconnected"], masks, scores)[0]
+    assert [int(p.sum()) for p in drop_first] == [4, 4, 6, 1]
+
+
+def test_drop_relatively_small_by_hand():
+    masks = torch.zeros(5, 1, 100, dtype=torch.bool)
+    for i, area in enumerate([100, 3, 80, 4, 90]):  # median 80: at fraction 0.05 the threshold is 4 px
+        masks[i, 0, :area] = True
+    scores = torch.arange(5.0)
+    kept, kept_scores = run_chain([{"name": "drop_relatively_small", "fraction": 0.05}], masks, scores)
+    assert kept_scores.tolist() == [0.0, 2.0, 3.0, 4.0]
+    assert torch.equal(kept, masks[[0, 2, 3, 4]])
+    # An even count takes the lower middle area: median of (100, 3, 80, 4) is 4, threshold 2 keeps all.
+    assert len(run_chain([{"name": "drop_relatively_small", "fraction": 0.5}], masks[:4], scores[:4])[0]) == 4
 
 
 def test_merge_continuous_by_hand():
@@ -186,15 +237,19 @@ def test_merge_continuous_by_hand():
     masks = torch.zeros(4, 4, 8, dtype=torch.bool)
     masks[0, :2, :4] = masks[1, :2, 4:] = masks[2, 2:, :4] = masks[3, 2:, 4:] = True
     scores = torch.tensor([0.2, 0.7, 0.5, 0.4])
-    # A -> B: 4 pixel pairs 2 px apart across the border, each 0.2 apart in embedding: mean jump 0.2.
-    merged, merged_scores = merge_continuous(masks, scores, embedding, threshold=0.35, step=2)
+    outputs = {"embedding": embedding}
+    def merge(threshold, m=masks):
+        return run_chain([{"name": "merge_continuous", "threshold": threshold}], m, scores, outputs)
+
+    # A -> B: 4 pixel pairs 2 px apart across the border (2 per row), each 0.2 apart in embedding: mean jump 0.2.
+    merged, merged_scores = merge(0.35)
     assert torch.equal(merged, torch.stack([masks[0] | masks[1], masks[2], masks[3]]))
     assert merged_scores.tolist() == pytest.approx([0.7, 0.5, 0.4])  # the best of the parts
-    # Below the jump, or with fewer contacts than asked for, nothing merges.
-    assert torch.equal(merge_continuous(masks, scores, embedding, threshold=0.15)[0], masks)
-    assert torch.equal(merge_continuous(masks, scores, embedding, threshold=0.35, min_contact=5)[0], masks)
-    # Adjacent pixels (step 1) are 0.1 apart: 2 pairs (one per row), mean jump 0.1.
-    assert len(merge_continuous(masks, scores, embedding, threshold=0.15, step=1, min_contact=2)[0]) == 3
+    assert torch.equal(merge(0.15)[0], masks)  # the jump is not below the threshold: nothing merges
+    # On row 0 alone A and B meet over 2 pairs, fewer than the 3 a merge needs.
+    one_row = masks.clone()
+    one_row[:2, 1] = False
+    assert torch.equal(merge(0.35, one_row)[0], one_row)
 
 
 def test_meanshift_merge_joins_a_long_object_the_bandwidth_cuts():
@@ -206,48 +261,111 @@ def test_meanshift_merge_joins_a_long_object_the_bandwidth_cuts():
     embedding[0, 6:, 20:] = 5.0
     semantic = torch.stack([torch.zeros(12, 40), torch.ones(12, 40)])
     outputs = {"embedding": embedding, "semantic": semantic}
-    cut = build_grouper("meanshift", bandwidth=1.0, min_size=5, sample_size=None)(outputs)
+    params = {"bandwidth": 1.0, "min_size": 5, "sample_size": None}
+    cut = build_grouper("meanshift", **params)(outputs)
     assert len(cut) > 3
-    joined = build_grouper("meanshift", bandwidth=1.0, min_size=5, sample_size=None, merge_threshold=0.35)(outputs)
+    joined = build_grouper("meanshift", **params, postprocess=[{"name": "merge_continuous", "threshold": 0.35}])(outputs)
     expected = torch.zeros(12, 40, dtype=torch.long)
     expected[6:, :20], expected[6:, 20:] = 1, 2
     assert sorted(int(m.sum()) for m in joined.masks) == [120, 120, 240]
     assert {tuple(np.unique(expected.numpy()[m])) for m in joined.masks} == {(0,), (1,), (2,)}
 
 
-@pytest.mark.parametrize("name, params", [("meanshift", {}), ("hdbscan", {"min_cluster_size": 5})])
-def test_min_relative_size_drops_a_fragment_far_smaller_than_the_image_s_objects(name, params):
+GROUPER_MIN_SIZE_5 = {"meanshift": {"min_size": 5, "sample_size": None}, "seeds": {"min_size": 5},
+                      "hdbscan": {"min_size": 5, "min_cluster_size": 5, "sample_size": None},
+                      "components": {"min_size": 5}}
+
+
+@pytest.mark.parametrize("name", GROUPERS.names())
+def test_drop_relatively_small_drops_a_fragment_far_smaller_than_the_image_s_objects(name):
     # The six planted 12x12 squares plus a 3x3 fragment with an embedding of its own: min_size 5 keeps
-    # the fragment; min_relative_size 0.1 (of the median area 144: 14.4 px) drops it and only it.
+    # the fragment; a fraction 0.1 of the median area 144 (14.4 px) drops it and only it.
     outputs, gt = planted()
     outputs["embedding"][:, 40:43, 40:43] = -8.0
     outputs["semantic"][:, 40:43, 40:43] = np.array([0.05, 0.9, 0.05], np.float32)[:, None, None]
     outputs["seediness"][40:43, 40:43] = 0.6
-    params = dict(params, min_size=5, sample_size=None)
+    params = GROUPER_MIN_SIZE_5.get(name, {})
     assert len(build_grouper(name, **params)(outputs)) == 7
-    assert_exact_recovery(build_grouper(name, **params, min_relative_size=0.1)(outputs), gt)
+    relative = [{"name": "drop_relatively_small", "fraction": 0.1}]
+    assert_exact_recovery(build_grouper(name, **params, postprocess=relative)(outputs), gt)
 
 
-# ----------------------------------------------------------------------------- shared helpers
+@pytest.mark.parametrize("steps, error, match", [
+    (["dilate"], KeyError, r"unknown postprocess step 'dilate'; choose one of: drop_relatively_small, drop_small"),
+    ([{"name": "drop_small", "min_sise": 5}], KeyError, r"unknown parameter\(s\) 'min_sise'.*accepted: min_size"),
+    ([{"min_size": 5}], TypeError, r"postprocess\[0\] = .*expected a step name or a mapping with a 'name'"),
+    ("split_disconnected", TypeError, "postprocess must be a list"),
+    ([{"name": "drop_small", "min_size": 0}], ValueError, "min_size must be >= 1"),
+    ([{"name": "drop_relatively_small", "fraction": 1.0}], ValueError, r"fraction must be in \(0, 1\)"),
+    ([{"name": "merge_continuous", "threshold": 0.0}], ValueError, "threshold must be a positive"),
+    (["merge_continuous"], TypeError, "threshold"),
+])
+def test_bad_postprocess_steps_are_errors(steps, error, match):
+    with pytest.raises(error, match=match):
+        build_grouper("components", postprocess=steps)
 
 
-def test_drop_relatively_small_by_hand():
-    masks = torch.zeros(5, 1, 100, dtype=torch.bool)
-    for i, area in enumerate([100, 3, 80, 4, 90]):  # median 80: at fraction 0.05 the threshold is 4 px
-        masks[i, 0, :area] = True
-    scores = torch.arange(5.0)
-    kept, kept_scores = drop_relatively_small(masks, scores, 0.05)
-    assert kept_scores.tolist() == [0.0, 2.0, 3.0, 4.0]
-    assert torch.equal(kept, masks[[0, 2, 3, 4]])
-    assert drop_relatively_small(masks, scores, 0.0)[1].tolist() == scores.tolist()
-    assert len(drop_relatively_small(masks[:0], scores[:0], 0.5)[0]) == 0
+def grouping_config(grouping: dict):
+    return config_from_dict({"grouping": grouping}, where="x.yaml")
+
+
+def test_config_postprocess_lists_are_checked_at_load_time():
+    chain = ["split_disconnected", {"name": "merge_continuous", "threshold": 0.35}]
+    config = grouping_config({"meanshift": {"bandwidth": 1.25, "postprocess": chain}})
+    assert config.grouping["meanshift"]["postprocess"] == chain  # a bare name or {name, params}
+    for step, match in [
+        ("dilate", (r"x.yaml: grouping.meanshift.postprocess\[1\]: unknown postprocess step 'dilate'; choices: "
+                    r"drop_relatively_small, drop_small, merge_continuous, split_disconnected")),
+        ({"name": "merge_continuous", "treshold": 0.3},
+         (r"unknown key grouping.meanshift.postprocess\[1\].treshold for postprocess step 'merge_continuous'; "
+          r"accepted: threshold")),
+        ({"name": "merge_continuous", "threshold": "high"},
+         r"grouping.meanshift.postprocess\[1\].threshold = 'high' has the wrong type; expected float"),
+        ({"name": "merge_continuous"}, r"grouping.meanshift.postprocess\[1\].threshold is missing"),
+        ({"name": "merge_continuous", "threshold": -1}, r"grouping.meanshift.postprocess\[1\]: .*threshold must be"),
+        (3, r"grouping.meanshift.postprocess\[1\] must be a mapping with a 'name'; choices: drop_relatively_small"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            grouping_config({"meanshift": {"postprocess": ["split_disconnected", step]}})
+    with pytest.raises(ConfigError, match=r"grouping.seeds.postprocess = 'split_disconnected' must be a list of steps"):
+        grouping_config({"seeds": {"postprocess": "split_disconnected"}})
+
+
+# ----------------------------------------------------------------------------- the Grouper protocol and helpers
+
+
+class GivenMasks(Grouper):
+    """A grouper whose proposals are given (not registered: it only tests the base class)."""
+
+    def __init__(self, masks, scores, postprocess=()):
+        super().__init__(postprocess)
+        self.masks, self.scores = masks, scores
+
+    def propose(self, outputs):
+        return self.masks, self.scores
+
+
+def test_grouper_base_runs_the_chain_then_scores_by_class_confidence():
+    masks = torch.zeros(2, 5, 6, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = masks[0, 2:4, 2:4] = True  # two squares of 4 pixels touching at a corner
+    masks[1, 4, 2:] = masks[1, 0, 5] = True  # a line of 4 pixels and a lone pixel
+    semantic = torch.zeros(3, 5, 6)
+    semantic[0] = 1.0
+    semantic[:, masks[0]] = torch.tensor([0.0, 0.8, 0.2])[:, None]  # class 1 at 0.8 in mask 0
+    semantic[:, masks[1]] = torch.tensor([0.1, 0.3, 0.6])[:, None]  # class 2 at 0.6 in mask 1
+    grouper = GivenMasks(masks, torch.tensor([0.9, 0.5]),
+                         postprocess=["split_disconnected", {"name": "drop_small", "min_size": 2}])
+    pred = grouper({"embedding": torch.zeros(1, 5, 6), "semantic": semantic})
+    assert [int(m.sum()) for m in pred.masks] == [4, 4, 4] and pred.masks[2, 4, 2:].all()
+    assert pred.labels.tolist() == [1, 1, 2]
+    assert pred.scores.tolist() == pytest.approx([0.9 * 0.8, 0.9 * 0.8, 0.5 * 0.6])
 
 
 def test_mask_iou_and_nms_by_hand():
-    masks = torch.tensor([[1, 1, 1, 1, 0, 0],   # area 4
-                          [1, 1, 1, 0, 0, 0],   # IoU with 0: 3/4
-                          [0, 0, 0, 1, 1, 1],   # IoU with 0: 1/6, with 1: 0
-                          [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    masks = torch.tensor([[1, 1, 1, 1, 0, 0, 0],   # area 4
+                          [1, 1, 1, 0, 0, 0, 0],   # IoU with 0: 3/4
+                          [0, 0, 0, 1, 1, 1, 0],   # IoU with 0: 1/6, with 1: 0
+                          [0, 0, 0, 0, 1, 1, 0]], dtype=torch.bool)  # the last pixel is in no mask
     iou = mask_iou(masks, masks)
     assert iou[0, 1] == pytest.approx(0.75) and iou[0, 2] == pytest.approx(1 / 6) and iou[1, 2] == 0
     assert iou[2, 3] == pytest.approx(2 / 3) and torch.allclose(iou.diag(), torch.ones(4))
@@ -255,6 +373,7 @@ def test_mask_iou_and_nms_by_hand():
     assert mask_nms(masks, scores, 0.5).tolist() == [1, 2]  # 0 overlaps 1, 3 overlaps 2
     assert mask_nms(masks, scores, 0.7).tolist() == [1, 2, 3]  # 2/3 < 0.7 keeps 3; 0 still overlaps 1
     assert mask_nms(masks, scores, 0.8).tolist() == [1, 2, 3, 0]
+    assert mask_nms(masks[:0], scores[:0], 0.5).tolist() == []
 
 
 def test_squared_distances_and_masks_from_assignment():
@@ -270,25 +389,25 @@ def test_squared_distances_and_masks_from_assignment():
 # ----------------------------------------------------------------------------- seeds
 
 
-def test_seed_choice_maximises_seediness_times_distance_power():
-    # Four foreground pixels of class 1 (probability 1) in a row, 1-d embeddings 0, 0.1, 3, 6 and seediness
-    # 0.9, 1.0, 0.5, 0.2. At tau 0.5 a seed's mask holds the pixels within sqrt(ln 3) = 1.05 of it and scores
-    # the seed's seediness, so the scores name the seeds chosen (iou_threshold 1: no mask is suppressed).
+def seed_scores(**params) -> list[float]:
+    """Scores of the seeds grouper on four pixels with 1-d embeddings 0, 0.1, 3, 6 and seediness 0.9, 1.0,
+    0.5, 0.2 (class confidence 1): at tau 0.9 (distance < 0.45) each seed's mask holds the pixels within
+    0.45 of it and nothing suppresses (iou_threshold 1), so the scores are the chosen seeds' seediness."""
     outputs = {"embedding": np.array([[[0.0, 0.1, 3.0, 6.0]]], np.float32),
                "seediness": np.array([[0.9, 1.0, 0.5, 0.2]], np.float32),
                "semantic": np.array([[[0.0] * 4], [[1.0] * 4]], np.float32)}
+    pred = build_grouper("seeds", **{"tau": 0.9, "min_size": 1, "iou_threshold": 1.0, **params})(outputs)
+    return sorted(pred.scores.tolist(), reverse=True)
 
-    def seeds(**kw):
-        pred = build_grouper("seeds", **{"tau": 0.5, "min_size": 1, "iou_threshold": 1.0, **kw})(outputs)
-        return sorted(pred.scores.tolist(), reverse=True)
 
+def test_seed_choice_maximises_seediness_times_distance_power():
     # First the most seedy pixel (1); pixel 0 is inside its mask. Then 2 (0.5 * 2.9 > 0.2 * 5.9), then 3.
-    assert seeds() == pytest.approx([1.0, 0.5, 0.2])
-    assert seeds(max_seeds=2) == pytest.approx([1.0, 0.5])
-    assert seeds(max_seeds=2, power=2.0) == pytest.approx([1.0, 0.2])  # 0.2 * 5.9^2 = 6.96 > 0.5 * 2.9^2 = 4.2
-    assert seeds(exclude_covered=False) == pytest.approx([1.0, 0.9, 0.5, 0.2])
-    assert seeds(exclude_covered=False, max_seeds=3) == pytest.approx([1.0, 0.5, 0.2])  # 0 is last: 0.9 * 0.1
-    assert seeds(min_seediness=0.3) == pytest.approx([1.0, 0.5])
+    assert seed_scores() == pytest.approx([1.0, 0.5, 0.2])
+    assert seed_scores(max_seeds=2) == pytest.approx([1.0, 0.5])
+    assert seed_scores(max_seeds=2, power=2.0) == pytest.approx([1.0, 0.2])  # 0.2 * 5.9^2 = 6.96 > 0.5 * 2.9^2
+    assert seed_scores(exclude_covered=False) == pytest.approx([1.0, 0.9, 0.5, 0.2])  # 0 last: 0.9 * 0.1
+    assert seed_scores(exclude_covered=False, max_seeds=3) == pytest.approx([1.0, 0.5, 0.2])
+    assert seed_scores(min_seediness=0.3) == pytest.approx([1.0, 0.5])
 
 
 def test_seed_masks_use_pair_similarity_at_each_tau_and_suppress_duplicates():
@@ -351,7 +470,7 @@ def test_meanshift_without_subsampling_equals_the_sampled_result():
 # ----------------------------------------------------------------------------- hdbscan
 
 
-@pytest.mark.parametrize("params", [{"projection": "pca", "n_components": 4},
+@pytest.mark.parametrize("params", [{"projection": "pca", "n_components": 4}, {"min_samples": 10},
                                     {"projection": "random", "n_components": 6}, {"projection": None},
                                     {"sample_size": None}, {"sample_size": 200, "cluster_selection_method": "leaf"}])
 def test_hdbscan_options_recover_planted_clusters(params):
@@ -374,18 +493,28 @@ def test_hdbscan_max_distance_leaves_far_pixels_out():
     assert pred.masks.sum() == gt.masks.sum() - 1 and not pred.masks[:, 4, 2].any()
 
 
-def test_bad_parameters_are_errors():
-    with pytest.raises(ValueError, match="bandwidth must be positive"):
-        build_grouper("meanshift", bandwidth=0)
-    with pytest.raises(ValueError, match="merge_threshold"):
-        build_grouper("meanshift", merge_threshold=-1)
-    for name in ("meanshift", "hdbscan"):
-        with pytest.raises(ValueError, match="min_relative_size must be a fraction"):
-            build_grouper(name, min_relative_size=1.0)
-    with pytest.raises(ValueError, match="projection must be one of"):
-        build_grouper("hdbscan", projection="umap")
+@pytest.mark.parametrize("name, params, match", [
+    ("meanshift", {"bandwidth": 0}, "bandwidth must be positive"),
+    ("meanshift", {"sample_size": 0}, "sample_size must be >= 1 or None"),
+    ("meanshift", {"seeds_per_round": 0}, "seeds_per_round must be >= 1"),
+    ("hdbscan", {"min_cluster_size": 1}, "min_cluster_size must be >= 2"),
+    ("hdbscan", {"min_samples": 0}, "min_samples must be >= 1 or None"),
+    ("hdbscan", {"cluster_selection_method": "best"}, "cluster_selection_method must be one of"),
+    ("hdbscan", {"projection": "umap"}, "projection must be one of"),
+    ("hdbscan", {"n_components": 0}, "n_components must be >= 1"),
+    ("hdbscan", {"sample_size": 1}, "sample_size must be >= 2 or None"),
+    ("hdbscan", {"max_distance": 0.0}, "max_distance must be positive or None"),
+])
+def test_bad_parameters_are_errors(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        build_grouper(name, **params)
+
+
+def test_unknown_groupers_and_parameters_are_errors():
     with pytest.raises(KeyError, match="unknown grouper 'kmeans'; choose one of"):
         build_grouper("kmeans")
+    with pytest.raises(KeyError, match="unknown parameter.*'merge_threshold' for grouper 'meanshift'"):
+        build_grouper("meanshift", merge_threshold=0.35)
 
 
 # ----------------------------------------------------------------------------- components

@@ -1,13 +1,16 @@
-from embedseg.grouping.base import GROUPERS
+"""Grouping: network outputs of one image -> scored instance masks (embedseg.grouping.base).
+
+Registries (embedseg.grouping.registry): GROUPERS, the algorithms that turn embeddings into masks,
+and POSTPROCESS, the steps every grouper's masks can go through before they are scored.
+"""
+from embedseg.grouping.base import Grouper
 from embedseg.grouping.components import ConnectedComponentsGrouper
 from embedseg.grouping.hdbscan import HDBSCANGrouper
 from embedseg.grouping.meanshift import MeanShiftGrouper
+from embedseg.grouping.postprocess import DropRelativelySmall, DropSmall, MergeContinuous, SplitDisconnected
+from embedseg.grouping.registry import GROUPERS, POSTPROCESS, build_grouper, build_postprocess
 from embedseg.grouping.seeds import SeedsGrouper
 
-
-def build_grouper(name: str, **params):
-    return GROUPERS.build(name, **params)
-
-
-__all__ = ["GROUPERS", "ConnectedComponentsGrouper", "HDBSCANGrouper", "MeanShiftGrouper", "SeedsGrouper",
-           "build_grouper"]
+__all__ = ["GROUPERS", "POSTPROCESS", "ConnectedComponentsGrouper", "DropRelativelySmall", "DropSmall", "Grouper",
+           "HDBSCANGrouper", "MeanShiftGrouper", "MergeContinuous", "SeedsGrouper", "SplitDisconnected",
+           "build_grouper", "build_postprocess"]

@@ -5,22 +5,24 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from embedseg.grouping.base import GROUPERS, as_tensor, foreground_mask, instances_from_masks
-from embedseg.structures import Instances
+from embedseg.grouping.base import Grouper, as_tensor, foreground_mask, no_masks
+from embedseg.grouping.registry import GROUPERS
 
 
 @GROUPERS.register("components")
-class ConnectedComponentsGrouper:
-    """Each 4-connected region of one predicted class is an instance; embeddings are ignored.
+class ConnectedComponentsGrouper(Grouper):
+    """Each 4-connected region of one predicted class of at least `min_size` pixels is an instance;
+    embeddings are ignored.
 
     Touching objects of one class merge, which is exactly what embeddings must fix.
-    Score = mean seediness inside the region (1 without one) x mean class probability.
+    Proposal score = mean seediness inside the region (1 without one).
     """
 
-    def __init__(self, min_size: int = 20):
+    def __init__(self, min_size: int = 20, postprocess: list[str | dict] | None = None):
+        super().__init__(postprocess)
         self.min_size = min_size
 
-    def __call__(self, outputs: dict) -> Instances:
+    def propose(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         fg = foreground_mask(outputs).numpy()
         h, w = fg.shape
         classes = as_tensor(outputs["semantic"]).argmax(0).numpy() if "semantic" in outputs else fg.astype(int)
@@ -34,7 +36,7 @@ class ConnectedComponentsGrouper:
             keep = keep[keep > 0]
             masks.append(regions[None] == keep[:, None, None])
         if not masks:
-            return Instances.empty(h, w)
+            return no_masks((h, w))
         masks = torch.from_numpy(np.concatenate(masks))
         if "seediness" in outputs:
             seed = as_tensor(outputs["seediness"]).flatten()
@@ -42,4 +44,4 @@ class ConnectedComponentsGrouper:
             seed_scores = (m @ seed) / m.sum(1)
         else:
             seed_scores = torch.ones(len(masks))
-        return instances_from_masks(masks, seed_scores, outputs)
+        return masks, seed_scores

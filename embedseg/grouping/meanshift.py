@@ -3,20 +3,35 @@ from __future__ import annotations
 
 import torch
 
-from embedseg.grouping.base import (GROUPERS, check_min_relative_size, drop_relatively_small, foreground_embeddings,
-                                    instances_from_masks, masks_from_assignment, merge_continuous, pixel_values,
-                                    random_generator, split_disconnected, squared_distances, subsample)
-from embedseg.structures import Instances
+from embedseg.grouping.base import (
+    Grouper,
+    foreground_embeddings,
+    masks_from_assignment,
+    no_masks,
+    pixel_values,
+    random_generator,
+    squared_distances,
+    subsample,
+)
+from embedseg.grouping.registry import GROUPERS
+
+# Convergence of the shifts: a centre that moves less than TOL (embedding units) has converged, and
+# no centre is shifted more than MAX_ITER times a round.
+TOL = 1e-3
+MAX_ITER = 20
+# At most this many instances an image: a guard against embeddings that do not separate (an untrained
+# network), where every few pixels could start a cluster. The data sets here hold up to 375 objects an image.
+MAX_INSTANCES = 500
 
 
 @GROUPERS.register("meanshift")
-class MeanShiftGrouper:
+class MeanShiftGrouper(Grouper):
     """Seed, shift, cut out, repeat, until the foreground is used up.
 
     1. seed: the unassigned foreground pixel of highest seediness (random priority, drawn with
        `random_state`, when there is no seediness map);
     2. shift the centre to the mean of the unassigned embeddings within `bandwidth` (flat kernel)
-       until it moves less than `tol`;
+       until it moves less than TOL;
     3. the unassigned pixels within `bandwidth` of the converged centre form one instance
        (dropped when smaller than `min_size` pixels, but used up all the same).
 
@@ -33,35 +48,22 @@ class MeanShiftGrouper:
       accepted in priority order; one whose converged centre lies within `bandwidth` of an
       accepted centre found the same mode and is dropped (as scikit-learn's MeanShift does).
 
-    Score = seediness of the seed (1 without a seediness map) x mean class probability.
-    With `split_disconnected`, each 4-connected part of a cluster becomes an instance of its own
-    (far-apart look-alikes share an embedding when the image holds hundreds of objects).
-    With `merge_threshold` > 0, touching instances whose embedding is continuous across their
-    border are then merged (`merge_continuous`: pieces of one long object that the bandwidth cut).
-    With `min_relative_size` > 0, instances smaller than that fraction of the image's median
-    instance area are dropped last (`drop_relatively_small`).
+    Proposal score = seediness of the seed (1 without a seediness map).
     """
 
-    def __init__(self, bandwidth: float = 1.0, min_size: int = 20, max_iter: int = 20, tol: float = 1e-3,
-                 max_instances: int = 500, sample_size: int | None = 2048, seeds_per_round: int = 64,
-                 split_disconnected: bool = False, merge_threshold: float = 0.0, merge_step: int = 2,
-                 min_relative_size: float = 0.0, random_state: int = 0):
+    def __init__(self, bandwidth: float = 1.0, min_size: int = 20, sample_size: int | None = 2048,
+                 seeds_per_round: int = 64, random_state: int = 0, postprocess: list[str | dict] | None = None):
+        super().__init__(postprocess)
         if bandwidth <= 0:
             raise ValueError(f"bandwidth must be positive, got {bandwidth}")
         if sample_size is not None and sample_size < 1:
             raise ValueError(f"sample_size must be >= 1 or None (no subsampling), got {sample_size}")
-        if seeds_per_round < 1 or max_iter < 1 or max_instances < 1:
-            raise ValueError(f"seeds_per_round, max_iter and max_instances must be >= 1, got "
-                             f"{seeds_per_round}, {max_iter}, {max_instances}")
-        self.bandwidth, self.min_size, self.max_iter, self.tol = bandwidth, min_size, max_iter, tol
-        self.max_instances, self.sample_size, self.seeds_per_round = max_instances, sample_size, seeds_per_round
-        if merge_threshold < 0 or merge_step < 1:
-            raise ValueError(f"need merge_threshold >= 0 and merge_step >= 1, got {merge_threshold}, {merge_step}")
-        self.split_disconnected, self.random_state = split_disconnected, random_state
-        self.merge_threshold, self.merge_step = merge_threshold, merge_step
-        self.min_relative_size = check_min_relative_size(min_relative_size)
+        if seeds_per_round < 1:
+            raise ValueError(f"seeds_per_round must be >= 1, got {seeds_per_round}")
+        self.bandwidth, self.min_size = bandwidth, min_size
+        self.sample_size, self.seeds_per_round, self.random_state = sample_size, seeds_per_round, random_state
 
-    def __call__(self, outputs: dict) -> Instances:
+    def propose(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_index, x, image_size = foreground_embeddings(outputs)
         generator = random_generator(self.random_state)
         seediness = pixel_values(outputs, "seediness", pixel_index)
@@ -72,7 +74,7 @@ class MeanShiftGrouper:
         assignment = torch.full((len(x),), -1, dtype=torch.long)
         centres = x.new_zeros((0, x.shape[1]))
         seed_scores = []
-        while len(centres) < self.max_instances:
+        while len(centres) < MAX_INSTANCES:
             pool = torch.nonzero(assignment < 0).squeeze(1)
             if len(pool) < max(1, self.min_size):
                 break
@@ -90,15 +92,9 @@ class MeanShiftGrouper:
             seed_scores.append(priority[sample[new_seeds]] if seediness is not None else torch.ones(len(new_seeds)))
 
         if len(centres) == 0:
-            return Instances.empty(*image_size)
+            return no_masks(image_size)
         masks, kept = masks_from_assignment(assignment, pixel_index, len(centres), image_size, self.min_size)
-        scores = torch.cat(seed_scores)[kept]
-        if self.split_disconnected:
-            masks, scores = split_disconnected(masks, scores, self.min_size)
-        if self.merge_threshold > 0:
-            masks, scores = merge_continuous(masks, scores, outputs["embedding"], self.merge_threshold, self.merge_step)
-        masks, scores = drop_relatively_small(masks, scores, self.min_relative_size)
-        return instances_from_masks(masks, scores, outputs)
+        return masks, torch.cat(seed_scores)[kept]
 
     def _find_modes(self, xs: torch.Tensor, xs_sq: torch.Tensor, priority: torch.Tensor,
                     known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +102,7 @@ class MeanShiftGrouper:
         radius_sq = self.bandwidth**2
         remaining = torch.ones(len(xs), dtype=torch.bool)
         accepted, accepted_seeds = [known], []
-        budget = self.max_instances - len(known)
+        budget = MAX_INSTANCES - len(known)
         while remaining.any() and budget > 0:
             seeds = self._pick_seeds(xs, xs_sq, priority, remaining)
             modes = self._shift(xs[remaining], xs_sq[remaining], xs[seeds])
@@ -143,13 +139,13 @@ class MeanShiftGrouper:
 
     def _shift(self, xr: torch.Tensor, xr_sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         """Flat-kernel mean shift of all `centres` [B, D] at once over the points xr [R, D]."""
-        for _ in range(self.max_iter):
+        for _ in range(MAX_ITER):
             within = (squared_distances(xr, centres, xr_sq) < self.bandwidth**2).float()  # [R, B]
             counts = within.sum(0)
             means = (within.T @ xr) / counts.clamp_min(1)[:, None]
             new = torch.where(counts[:, None] > 0, means, centres)  # an empty window keeps its centre
             moved = (new - centres).norm(dim=1).max()
             centres = new
-            if moved < self.tol:
+            if moved < TOL:
                 break
         return centres

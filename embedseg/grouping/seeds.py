@@ -1,16 +1,25 @@
 """Seed sampling and mask growing of Fathi et al. 2017 ("Semantic Instance Segmentation via Deep Metric Learning")."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from embedseg.grouping.base import (GROUPERS, foreground_embeddings, instances_from_masks, mask_nms, pixel_values,
-                                    random_generator, split_disconnected, squared_distances, subsample)
+from embedseg.grouping.base import (
+    Grouper,
+    foreground_embeddings,
+    no_masks,
+    pixel_values,
+    random_generator,
+    squared_distances,
+    subsample,
+)
+from embedseg.grouping.registry import GROUPERS
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
 
 @GROUPERS.register("seeds")
-class SeedsGrouper:
+class SeedsGrouper(Grouper):
     """Greedy seeds, one mask per seed and threshold, duplicates suppressed.
 
     1. Seeds: the candidate of highest seediness first; then, again and again, the candidate
@@ -22,18 +31,20 @@ class SeedsGrouper:
        since its mask would repeat that seed's.
     2. Masks: for each seed and each tau in `tau`, the foreground pixels p with
        sigma(seed, p) = 2 / (1 + exp(||e_seed - e_p||^2)) > tau (the pixel-pair similarity of the
-       metric loss); masks smaller than `min_size` pixels are dropped.
-    3. Score = seediness of the seed (1 without a seediness map) x class confidence; a mask whose
-       IoU with a better-scored kept mask exceeds `iou_threshold` is dropped (the masks of one
-       seed at several taus score the same; the smallest tau, i.e. the largest mask, comes first).
-       With `split_disconnected`, each 4-connected part of a mask is a mask of its own before this
-       suppression (far-apart look-alikes share an embedding when the image holds hundreds of objects).
+       metric loss); masks smaller than `min_size` pixels are dropped. Proposal score = seediness
+       of the seed (1 without a seediness map).
+    3. Duplicates (`select`, after the post-processing chain and the class confidence): a mask whose
+       IoU with a better-scored kept mask exceeds `iou_threshold` is dropped. The masks of one seed
+       at several taus score the same, and the smallest tau (the largest mask) comes first. This
+       runs last so that it also removes the repeats the chain makes: `split_disconnected` can cut
+       a loose mask into parts that repeat a tighter mask of the same seed.
     """
 
     def __init__(self, tau: float | list[float] = 0.5, max_seeds: int = 100, power: float = 1.0,
                  min_seediness: float = 0.1, iou_threshold: float = 0.5, min_size: int = 20,
-                 num_candidates: int | None = 4096, exclude_covered: bool = True, split_disconnected: bool = False,
-                 random_state: int = 0):
+                 num_candidates: int | None = 4096, exclude_covered: bool = True, random_state: int = 0,
+                 postprocess: list[str | dict] | None = None):
+        super().__init__(postprocess)
         taus = [tau] if isinstance(tau, (int, float)) else list(tau)
         if not taus or not all(0.0 < t < 1.0 for t in taus):
             raise ValueError(f"tau must be a similarity in (0, 1) or a non-empty list of them, got {tau!r}")
@@ -48,37 +59,32 @@ class SeedsGrouper:
         self.taus = sorted(taus)
         self.max_seeds, self.power, self.min_seediness = max_seeds, power, min_seediness
         self.iou_threshold, self.min_size, self.num_candidates = iou_threshold, min_size, num_candidates
-        self.exclude_covered, self.split_disconnected = exclude_covered, split_disconnected
-        self.random_state = random_state
+        self.exclude_covered, self.random_state = exclude_covered, random_state
 
-    def __call__(self, outputs: dict) -> Instances:
+    def propose(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_index, x, (h, w) = foreground_embeddings(outputs)
         if len(x) == 0:
-            return Instances.empty(h, w)
+            return no_masks((h, w))
         seediness = pixel_values(outputs, "seediness", pixel_index)
         seediness = torch.ones(len(x)) if seediness is None else seediness
 
         candidates = subsample(len(x), self.num_candidates, random_generator(self.random_state))
         seeds = candidates[self._choose_seeds(x[candidates], seediness[candidates])]
         if len(seeds) == 0:
-            return Instances.empty(h, w)
+            return no_masks((h, w))
 
         similarity = pair_similarity(squared_distances(x[seeds], x).T)  # [N, K] -> [K, N] below
         masks_fg = torch.cat([(similarity > t).T for t in self.taus])  # [T*K, N]: all seeds at tau 1, then tau 2, ...
         seed_scores = seediness[seeds].repeat(len(self.taus))
         big = masks_fg.sum(1) >= max(1, self.min_size)
-        masks_fg, seed_scores = masks_fg[big], seed_scores[big]
-        if len(masks_fg) == 0:
-            return Instances.empty(h, w)
+        masks = torch.zeros(int(big.sum()), h * w, dtype=torch.bool)
+        masks[:, pixel_index] = masks_fg[big]
+        return masks.view(-1, h, w), seed_scores[big]
 
-        masks = torch.zeros(len(masks_fg), h * w, dtype=torch.bool)
-        masks[:, pixel_index] = masks_fg
-        masks = masks.view(-1, h, w)
-        if self.split_disconnected:
-            masks, seed_scores = split_disconnected(masks, seed_scores, self.min_size)
-            masks_fg = masks.flatten(1)[:, pixel_index]
-        instances = instances_from_masks(masks, seed_scores, outputs)
-        keep = mask_nms(masks_fg, torch.from_numpy(instances.scores), self.iou_threshold)
+    def select(self, instances: Instances) -> Instances:
+        """The instances that survive non-maximum suppression at `iou_threshold`, best score first."""
+        keep = mask_nms(torch.from_numpy(instances.masks).flatten(1), torch.from_numpy(instances.scores),
+                        self.iou_threshold)
         return instances.select(keep.numpy())
 
     def _choose_seeds(self, xc: torch.Tensor, seediness: torch.Tensor) -> torch.Tensor:
@@ -101,3 +107,34 @@ class SeedsGrouper:
             if self.exclude_covered:
                 eligible &= pair_similarity(d2) <= covered_similarity
         return torch.as_tensor(seeds, dtype=torch.long)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU [K, M] of boolean masks a [K, P] and b [M, P] (any pixel layout), by one matrix product."""
+    same = b is a
+    a = a.float()
+    b = a if same else b.float()
+    intersection = a @ b.T
+    area_a = a.sum(1)
+    area_b = area_a if same else b.sum(1)
+    union = area_a[:, None] + area_b[None] - intersection
+    return intersection / union.clamp_min(1)
+
+
+def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Indices (best score first) of the masks [K, P] kept by greedy non-maximum suppression.
+
+    A mask is dropped when its IoU with a better-scored kept mask exceeds `iou_threshold`; ties in
+    score keep the earlier mask. The IoUs are taken over the pixels some mask covers only.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    ordered = masks[order]
+    ordered = ordered[:, ordered.any(0)]
+    overlaps = (mask_iou(ordered, ordered) > iou_threshold).numpy()
+    suppressed = np.zeros(len(order), bool)
+    keep = []
+    for i in range(len(order)):  # sequential by nature, but only K steps over precomputed rows
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= overlaps[i]
+    return order[torch.as_tensor(keep, dtype=torch.long)]
