@@ -10,7 +10,6 @@ import torch
 from embedseg.losses import MetricLoss, SeedIoULoss, pair_similarity, sample_pixels
 from embedseg.losses.metric import MIN_SQ_DISTANCE, neg_log_dissimilarity, neg_log_similarity
 
-
 ALL = {"pixels_per_instance": 10_000, "max_pixels": 10_000}  # draw every pixel: no randomness left
 
 
