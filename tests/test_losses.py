@@ -1,4 +1,4 @@
-"""Discriminative loss against hand-computed values and a per-instance reference loop."""
+"""Loss terms against hand-computed values and reference loops; the criterion that combines them."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from loss_references import discriminative_loss_loop
 
-from embedseg.losses import LOSSES, DiscriminativeLoss, build_criterion, build_loss
-from embedseg.losses.base import compact_ids, grow_instances
+from embedseg.losses import LOSSES, Criterion, DiscriminativeLoss, build_criterion, build_loss
+from embedseg.losses.base import compact_ids
 from embedseg.losses.seediness import SeedDistanceLoss
 from embedseg.losses.semantic import SemanticCrossEntropy, gap_pixels
 
@@ -55,33 +55,6 @@ def test_compact_ids_by_hand():
     ids = torch.tensor([[7, 0, 2**40, -1], [7, 3, 0, 2**40]])
     assert compact_ids(ids).tolist() == [[2, 0, 3, -1], [2, 1, 0, 3]]
     assert compact_ids(torch.tensor([5, 9])).tolist() == [1, 2]  # no background at all
-
-
-def test_grow_instances_by_hand():
-    ids = torch.tensor([[[0, 0, 0, 0, 0, 0, 0],
-                         [0, 1, 0, 0, 0, 2, 0],
-                         [0, 0, 0, -1, 0, 0, 0]]])
-    # One step: the 8 neighbours of each instance; the ignored pixel neither changes nor spreads.
-    assert grow_instances(ids, 1).tolist() == [[[1, 1, 1, 0, 2, 2, 2],
-                                                [1, 1, 1, 0, 2, 2, 2],
-                                                [1, 1, 1, -1, 2, 2, 2]]]
-    # Two steps: column 3 is 2 px from both instances, a tie (the last shift, from the right, wins).
-    assert grow_instances(ids, 2)[0, :, 3].tolist() == [2, 2, -1]
-    assert grow_instances(ids, 0).equal(ids)
-    with pytest.raises(ValueError, match="width"):
-        grow_instances(ids, -1)
-
-
-def test_grow_pulls_the_background_next_to_an_instance_by_hand():
-    # 1-D image: instance 1 at x = 0 (two pixels), background at 1 and 3 px distance.
-    # grow 1 adds the near background pixel: mean (0+0+1)/3 = 1/3; distances 1/3, 1/3, 2/3 ->
-    # hinge at 0.5 leaves only (2/3 - 1/2)^2 = 1/36, averaged over the 3 pixels.
-    emb = torch.tensor([0.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 4)
-    ids = torch.tensor([[[1, 1, 0, 0]]])
-    assert DiscriminativeLoss(gamma=0)(emb, ids)["var"].item() == 0.0
-    assert DiscriminativeLoss(gamma=0, grow=1)(emb, ids)["var"].item() == pytest.approx(1 / 108)
-    with pytest.raises(ValueError, match="grow"):
-        DiscriminativeLoss(grow=-1)
 
 
 def test_weights_alpha_beta_gamma():
@@ -191,16 +164,50 @@ def test_criterion_weights_terms():
 
 
 @pytest.mark.parametrize("name", LOSSES.names())
-def test_every_registered_loss_runs_and_backpropagates(name):
+def test_every_registered_loss_gives_a_finite_scalar_and_gradients(name):
     torch.manual_seed(0)
     outputs = {"embedding": torch.randn(2, 8, 16, 16, requires_grad=True),
                "seediness": torch.rand(2, 1, 16, 16, requires_grad=True),
                "semantic": torch.randn(2, 3, 16, 16, requires_grad=True)}
     instances = torch.randint(0, 4, (2, 16, 16))
-    batch = {"instances": instances, "semantic": (instances > 0).long() * torch.randint(1, 3, (2, 16, 16))}
-    out = build_loss(name).compute(outputs, batch)
-    assert torch.isfinite(out["loss"])
+    batch = {"instances": instances, "semantic": (instances > 0).long() * torch.randint(1, 3, (2, 16, 16)),
+             "image_id": [0, 1]}
+    out = Criterion({name: build_loss(name)}, {name: 1.0})(outputs, batch)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
+    grads = [t.grad for t in outputs.values() if t.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+class Offset(torch.nn.Module):
+    """A loss outside the registry: mean of (seediness - semantic target), reading one output and one batch entry."""
+
+    inputs = ("outputs.seediness", "batch.semantic")
+
+    def forward(self, seediness, target):
+        return {"loss": (seediness.squeeze(1) - target).mean()}
+
+
+def test_criterion_passes_each_term_the_entries_its_inputs_name():
+    outputs = {"seediness": torch.ones(1, 1, 2, 2), "semantic": torch.zeros(1, 2, 2, 2)}
+    batch = {"semantic": torch.tensor([[[0, 1], [1, 1]]]), "instances": torch.zeros(1, 2, 2, dtype=torch.long)}
+    out = Criterion({"offset": Offset()}, {"offset": 2.0})(outputs, batch)
+    assert out["loss"].item() == pytest.approx(2 * (1 - 0.75))  # target mean 3/4
+    with pytest.raises(KeyError, match=r"reads batch\['semantic'\], which is missing; batch keys: 'instances'"):
+        Criterion({"offset": Offset()}, {"offset": 1.0})(outputs, {"instances": batch["instances"]})
+
+
+def test_a_loss_without_inputs_is_refused_when_the_criterion_is_built():
+    class NoInputs(torch.nn.Module):
+        def forward(self, embedding):
+            return {"loss": embedding.sum()}
+
+    with pytest.raises(TypeError, match=r"loss term 'x': NoInputs.inputs must be a tuple like"):
+        Criterion({"x": NoInputs()}, {"x": 1.0})
+    bad = Offset()
+    bad.inputs = ("seediness", "batch.semantic")  # no source named
+    with pytest.raises(TypeError, match="Offset.inputs"):
+        Criterion({"x": bad}, {"x": 1.0})
 
 
 # ----------------------------------------------------------------------------- weight schedule (ramps)

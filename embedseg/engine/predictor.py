@@ -1,6 +1,8 @@
 """Network inference on whole images of any size (padding, and overlapping tiles for large ones)."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,8 +23,8 @@ def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
 def keep_bounds(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
     """The part [lo, hi) of the axis that each tile writes: the overlap of two neighbours is split
     in its middle, so every pixel comes from the tile in which it lies farthest from the edge."""
-    cuts = [0] + [(b + a + tile) // 2 for a, b in zip(starts, starts[1:])] + [length]
-    return list(zip(cuts[:-1], cuts[1:]))
+    cuts = [0] + [(b + a + tile) // 2 for a, b in pairwise(starts)] + [length]
+    return list(pairwise(cuts))
 
 
 class Predictor:
@@ -34,7 +36,8 @@ class Predictor:
     The image is padded (reflect) to a multiple of `pad_to` so every stride divides it, and the
     outputs are cropped back. An image with a side longer than `tile_size` is run in square
     tiles of `tile_size` that overlap by at least `tile_overlap` pixels, with tile offsets on the
-    `pad_to` grid so that every tile sees the same pixel phase as the whole image. Each output
+    `pad_to` grid so that every tile sees the same pixel phase as the whole image; the model's
+    `tile_to_image(outputs, (y, x))` moves each tile's outputs to the image's coordinates. Each output
     pixel is taken from the tile whose centre it is nearest to (centre-crop stitching), so a
     fully-convolutional network whose receptive field radius is below tile_overlap / 2 gives the
     same output as untiled. DeepLab's receptive field is larger and its ASPP image pooling sees
@@ -56,8 +59,9 @@ class Predictor:
         self.device = torch.device(device)
         self.pad_to, self.tile_size, self.tile_overlap = pad_to, tile_size, tile_overlap
 
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(x.contiguous(memory_format=self.memory_format))
+    def _run(self, x: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
+        """The outputs for `x`, a tile whose top-left pixel is pixel `offset` (y, x) of the image."""
+        out = self.model.tile_to_image(self.model(x.contiguous(memory_format=self.memory_format)), offset)
         return {"embedding": out["embedding"][0].float().contiguous(), "seediness": out["seediness"][0, 0].float(),
                 "semantic": out["semantic"][0].float().softmax(0).contiguous()}
 
@@ -83,11 +87,7 @@ class Predictor:
                 x_hi = min(x_hi, w)
                 if y_lo >= y_hi or x_lo >= x_hi:  # this tile only holds padding
                     continue
-                out = self._run(x[..., y:y + tile_h, x0:x0 + tile_w])
-                coord_scale = getattr(self.model, "coord_scale", 0.0)
-                if coord_scale:  # semi-convolutional channels count from the tile's corner: make them global
-                    out["embedding"][:2] += coord_scale * torch.tensor([y, x0], dtype=torch.float32,
-                                                                       device=self.device)[:, None, None]
+                out = self._run(x[..., y:y + tile_h, x0:x0 + tile_w], offset=(y, x0))
                 for key, value in out.items():
                     if key not in result:  # outputs are written in place, tile by tile
                         result[key] = np.empty(value.shape[:-2] + (h, w), np.float32)

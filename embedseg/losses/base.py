@@ -1,13 +1,9 @@
-"""Loss registry and the shared per-instance statistics of a batch."""
+"""Statistics of a batch's instances shared by the losses: per-image clusters, pixel samples, distances."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-
-from embedseg.registry import Registry
-
-LOSSES = Registry("loss")
 
 
 def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -46,7 +42,7 @@ class ImageClusters:
         return torch.arange(self.max_clusters, device=self.size.device) < self.num_clusters[:, None]
 
     @classmethod
-    def build(cls, instances: torch.Tensor) -> "ImageClusters":
+    def build(cls, instances: torch.Tensor) -> ImageClusters:
         if instances.dim() != 3:
             raise ValueError(f"instances must be [B, H, W], got shape {tuple(instances.shape)}")
         ids = instances.reshape(len(instances), -1).long()
@@ -79,29 +75,6 @@ class ImageClusters:
     def means(self, values: torch.Tensor) -> torch.Tensor:
         """values [B, D, H*W] -> [B, D, max_clusters + 1] per-cluster means."""
         return self.sums(values) / self.size.clamp_min(1).unsqueeze(1).to(values.dtype)
-
-
-def grow_instances(instances: torch.Tensor, width: int) -> torch.Tensor:
-    """[B, H, W] ids with every instance grown `width` px into the background (id 0), one pixel per step.
-
-    Each step gives a background pixel the id of one instance among its 8 neighbours, so after
-    `width` steps each background pixel within `width` px (chessboard distance) of an instance
-    belongs to an instance at least as close as any other (equally close ones tie: the last of the
-    8 shifts wins). Ignored pixels (id < 0) stay as they are and do not spread. Integer shifts,
-    not pools, so ids of any size stay exact.
-    """
-    if width < 0:
-        raise ValueError(f"width must be >= 0, got {width}")
-    grown = instances.clone()
-    h, w = grown.shape[-2:]
-    for _ in range(width):
-        padded = torch.nn.functional.pad(grown, (1, 1, 1, 1))  # id 0 beyond the border
-        step = grown.clone()
-        for dy, dx in [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]:
-            neighbour = padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-            step = torch.where((grown == 0) & (neighbour > 0), neighbour, step)
-        grown = step
-    return grown
 
 
 def mean_over_images(per_image: torch.Tensor, has_instances: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from embedseg.losses.base import LOSSES
+from embedseg.losses.registry import LOSSES
 
 # Keys of a loss block that belong to the criterion, not to the loss builder.
 CRITERION_KEYS = ("weight", "ramp")
@@ -37,11 +37,11 @@ class WeightRamp:
         return self.start_factor + t * (1.0 - self.start_factor)
 
     @classmethod
-    def from_config(cls, spec, key: str = "ramp") -> "WeightRamp":
+    def from_config(cls, spec, key: str = "ramp") -> WeightRamp:
         """Parse and check a ramp mapping; errors name `key` and what was expected."""
         if not isinstance(spec, dict):
-            raise ValueError(f"{key} must be a mapping like {{start_factor: 0.0, start_step: 0, end_step: 500}}, "
-                             f"got {spec!r}")
+            message = f"{key} must be a mapping like {{start_factor: 0.0, start_step: 0, end_step: 500}}, got {spec!r}"
+            raise ValueError(message)  # noqa: TRY004 (a config value: load_config turns ValueErrors into ConfigErrors)
         unknown = sorted(set(spec) - {"start_factor", "start_step", "end_step"})
         if unknown:
             raise ValueError(f"unknown key {key}.{unknown[0]}; accepted: end_step, start_factor, start_step")
@@ -63,8 +63,38 @@ class WeightRamp:
         return cls(end_step=end_step, start_factor=float(start_factor), start_step=start_step)
 
 
+SOURCES = ("outputs", "batch")
+
+
+def is_entry(entry) -> bool:
+    """Whether `entry` reads like "outputs.<key>" or "batch.<key>"."""
+    return isinstance(entry, str) and entry.count(".") == 1 and entry.split(".")[0] in SOURCES
+
+
+def check_inputs(name: str, term: nn.Module) -> None:
+    """A term's `inputs` must be a tuple of entries (see embedseg.losses.registry)."""
+    inputs = getattr(term, "inputs", None)
+    if not isinstance(inputs, tuple) or not all(is_entry(entry) for entry in inputs):
+        raise TypeError(f"loss term {name!r}: {type(term).__name__}.inputs must be a tuple like "
+                        f"('outputs.embedding', 'batch.instances'), got {inputs!r}")
+
+
+def term_arguments(name: str, term: nn.Module, outputs: dict, batch: dict) -> list:
+    """The values `term.inputs` names, in its order."""
+    sources = {"outputs": outputs, "batch": batch}
+    arguments = []
+    for entry in term.inputs:
+        source, key = entry.split(".")
+        if key not in sources[source]:
+            raise KeyError(f"loss term {name!r} reads {source}[{key!r}], which is missing; {source} keys: "
+                           f"{', '.join(map(repr, sources[source])) or 'none'}")
+        arguments.append(sources[source][key])
+    return arguments
+
+
 class Criterion(nn.Module):
-    """Combines named terms: total = sum_name weight_name(step) * term_name(outputs, batch)["loss"].
+    """Combines named terms: total = sum_name weight_name(step) * term_name(*inputs)["loss"], each
+    term called with the network outputs and batch entries its `inputs` names.
 
     weight_name(step) = weight_name * ramp_name.factor(step) for ramped terms, weight_name otherwise.
     Returns {"loss": total, name: weighted term, "name.key": each value a term reports,
@@ -79,6 +109,8 @@ class Criterion(nn.Module):
         ramps = dict(ramps or {})
         if not set(ramps) <= set(terms):
             raise ValueError(f"ramps for unknown terms: {sorted(set(ramps) - set(terms))}; terms: {sorted(terms)}")
+        for name, term in terms.items():
+            check_inputs(name, term)
         self.terms = nn.ModuleDict(terms)
         self.weights = dict(weights)
         self.ramps = ramps
@@ -91,7 +123,7 @@ class Criterion(nn.Module):
         result, total = {}, 0.0
         for name, term in self.terms.items():
             weight = self.weight(name, step)
-            values = term.compute(outputs, batch)
+            values = term(*term_arguments(name, term, outputs, batch))
             weighted = weight * values["loss"]
             total = total + weighted
             result[name] = weighted.detach()

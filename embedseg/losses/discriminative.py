@@ -4,14 +4,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from embedseg.losses.base import (LOSSES, ImageClusters, grow_instances, mean_over_images, pairwise_sq_distance,
-                                  safe_norm)
+from embedseg.losses.base import ImageClusters, mean_over_images, pairwise_sq_distance, safe_norm
+from embedseg.losses.registry import LOSSES
 
-
-# Per-pixel work on the [B, D, N] map goes channel by channel where a whole-map op would make a
-# [B, D, N] temporary: each step is one vectorised op over all B*N pixels, and on CPU a fresh 67 MB
-# tensor (4x64x256x256) costs more in page faults than the arithmetic. On 2 threads the channel loop
-# of channel_norm takes 1.7 ms, torch.linalg.vector_norm(dim=1) 47 ms, x.pow(2).sum(1) 20 ms.
+# Per-pixel work on the [B, D, N] map goes channel by channel where a whole-map op would allocate a
+# [B, D, N] temporary: each step is still one vectorised op over all B*N pixels, and a fresh
+# map-sized tensor costs more in memory traffic than the arithmetic on it.
 
 
 def channel_norm(x: torch.Tensor) -> torch.Tensor:
@@ -80,29 +78,22 @@ class DiscriminativeLoss(nn.Module):
     of by all pairs (a change from the paper): in an image of 100 nuclei the few touching pairs
     that still overlap are 1 in ~10,000 pairs, and the paper's mean all but silences them.
 
-    grow > 0 computes all three terms on the instances grown `grow` px into the background
-    (`grow_instances`; also a change from the paper): the background next to an object is then
-    pulled to that object's mean. A predicted foreground that bleeds a pixel or two past an
-    object's edge joins that object, where unconstrained embeddings would otherwise lie anywhere,
-    often between the two means of touching objects, and merge them in mean-shift. On DSB2018 it
-    did not help (grow 2: experiments/README.md).
-
     Works on the dense [B, D, H*W] map with one scatter_add and one gather per direction
     (`_MeansAndPull`), no per-pixel indexing: time O(B*H*W*D), memory O(B*H*W*D + B*K*D + B*K^2)
     for K instances per image at most.
     """
 
+    inputs = ("outputs.embedding", "batch.instances")
+
     def __init__(self, delta_v: float = 0.5, delta_d: float = 1.5, alpha: float = 1.0, beta: float = 1.0,
-                 gamma: float = 0.001, push_mean: str = "pairs", grow: int = 0):
+                 gamma: float = 0.001, push_mean: str = "pairs"):
         super().__init__()
         if delta_v < 0 or delta_d <= 0:
             raise ValueError(f"need delta_v >= 0 and delta_d > 0, got delta_v={delta_v}, delta_d={delta_d}")
         if push_mean not in ("pairs", "active"):
             raise ValueError(f"push_mean must be 'pairs' or 'active', got {push_mean!r}")
-        if grow < 0:
-            raise ValueError(f"grow must be >= 0, got {grow}")
         self.delta_v, self.delta_d, self.push_mean = delta_v, delta_d, push_mean
-        self.alpha, self.beta, self.gamma, self.grow = alpha, beta, gamma, grow
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
 
     def forward(self, embedding: torch.Tensor, instances: torch.Tensor) -> dict[str, torch.Tensor]:
         if embedding.dim() != 4 or embedding.shape[0:1] + embedding.shape[2:] != instances.shape:
@@ -110,8 +101,6 @@ class DiscriminativeLoss(nn.Module):
                 f"embedding [B,D,H,W] and instances [B,H,W] must agree, got {tuple(embedding.shape)} "
                 f"and {tuple(instances.shape)}"
             )
-        if self.grow > 0:
-            instances = grow_instances(instances, self.grow)
         clusters = ImageClusters.build(instances)
         means, pull = _MeansAndPull.apply(embedding, clusters, self.delta_v)  # [B, K, D], [B, K]
         valid = clusters.valid
@@ -135,6 +124,3 @@ class DiscriminativeLoss(nn.Module):
         reg = mean_over_images(reg_img, has, embedding)
         loss = self.alpha * var + self.beta * dist + self.gamma * reg
         return {"loss": loss, "var": var, "dist": dist, "reg": reg}
-
-    def compute(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        return self(outputs["embedding"], batch["instances"])

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedseg.losses.base import LOSSES, gather_pixels, mean_over_images, pairwise_sq_distance, sample_pixels
+from embedseg.losses.base import gather_pixels, mean_over_images, pairwise_sq_distance, sample_pixels
+from embedseg.losses.registry import LOSSES
 
 # Squared distances of different-instance pairs are floored here before -log(1 - sigma): the
 # term is +inf at distance 0. The floor caps it at about 9.9 (values only; gradients stay finite).
@@ -100,6 +101,8 @@ class MetricLoss(nn.Module):
     each instance keeps about max_pixels / K pixels instead of the pair count growing with K^2.
     """
 
+    inputs = ("outputs.embedding", "batch.instances")
+
     def __init__(self, pixels_per_instance: int = 32, max_pixels: int = 1024, include_background: bool = True):
         super().__init__()
         if pixels_per_instance < 1 or max_pixels < 2:
@@ -137,6 +140,3 @@ class MetricLoss(nn.Module):
                 mask = mask.to(losses.dtype)
                 values[key] = weighted_mean(off_diagonal_form(losses * mask), off_diagonal_form(mask))
         return values
-
-    def compute(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        return self(outputs["embedding"], batch["instances"])

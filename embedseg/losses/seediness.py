@@ -6,7 +6,8 @@ import math
 import torch
 from torch import nn
 
-from embedseg.losses.base import LOSSES, ImageClusters, PixelSample, gather_pixels, mean_over_images, sample_pixels
+from embedseg.losses.base import ImageClusters, PixelSample, gather_pixels, mean_over_images, sample_pixels
+from embedseg.losses.registry import LOSSES
 
 
 @LOSSES.register("seed_distance")
@@ -18,6 +19,8 @@ class SeedDistanceLoss(nn.Module):
     Squared error, averaged separately over foreground and background pixels and then summed,
     so small objects are not drowned by background.
     """
+
+    inputs = ("outputs.seediness", "outputs.embedding", "batch.instances")
 
     def __init__(self, sigma: float = 0.5):
         super().__init__()
@@ -43,9 +46,6 @@ class SeedDistanceLoss(nn.Module):
         if bg.any():
             loss = loss + err[bg].mean()
         return {"loss": loss}
-
-    def compute(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        return self(outputs["seediness"], outputs["embedding"], batch["instances"])
 
 
 @LOSSES.register("seed_iou")
@@ -81,6 +81,8 @@ class SeedIoULoss(nn.Module):
     sums. Memory O(chunk_elements + B*N*D + B*M*D) whatever the number of instances, time
     O(B*M*N*(D + T)) for T taus.
     """
+
+    inputs = ("outputs.seediness", "outputs.embedding", "batch.instances")
 
     def __init__(self, taus: list[float] = (0.25, 0.5, 0.75, 0.9), pixels_per_instance: int = 8,
                  max_pixels: int = 256, include_background: bool = True, pixel_stride: int = 1,
@@ -164,6 +166,3 @@ class SeedIoULoss(nn.Module):
         fg_target = (target * foreground).sum(1) / foreground.sum(1).clamp_min(1)
         return {"loss": mean_over_images(per_image, count > 0, seediness),
                 "target": mean_over_images(fg_target, foreground.sum(1) > 0, seediness).detach()}
-
-    def compute(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        return self(outputs["seediness"], outputs["embedding"], batch["instances"])

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedseg.losses.base import LOSSES, compact_ids
+from embedseg.losses.base import compact_ids
+from embedseg.losses.registry import LOSSES
 
 
 def gap_pixels(instances: torch.Tensor, width: int) -> torch.Tensor:
@@ -19,7 +20,7 @@ def gap_pixels(instances: torch.Tensor, width: int) -> torch.Tensor:
         instances = compact_ids(instances)
     ids = instances.float().unsqueeze(1)
     positive = torch.where(ids > 0, ids, torch.full_like(ids, float("inf")))
-    window = dict(kernel_size=2 * width + 1, stride=1, padding=width)
+    window = {"kernel_size": 2 * width + 1, "stride": 1, "padding": width}
     largest = F.max_pool2d(ids.clamp_min(0), **window)
     smallest = -F.max_pool2d(-positive, **window)
     return ((ids == 0) & (largest > 0) & (smallest < largest)).squeeze(1)
@@ -34,6 +35,8 @@ class SemanticCrossEntropy(nn.Module):
     1 + gap_weight times: a foreground that bleeds over those few pixels merges the objects
     for every grouper, so they are worth more than their count.
     """
+
+    inputs = ("outputs.semantic", "batch.semantic", "batch.instances")
 
     def __init__(self, class_weights: list[float] | None = None, gap_weight: float = 0.0, gap_width: int = 2):
         super().__init__()
@@ -56,6 +59,3 @@ class SemanticCrossEntropy(nn.Module):
         if self.gap_weight > 0 and instances is not None:
             weight = weight * (1 + self.gap_weight * gap_pixels(instances, self.gap_width))
         return {"loss": (weight * per_pixel).sum() / weight.sum()}
-
-    def compute(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        return self(outputs["semantic"], batch["semantic"], batch.get("instances"))

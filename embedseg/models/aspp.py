@@ -5,22 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedseg.models.backbones import norm
-
-
-def conv_norm_relu(in_ch: int, out_ch: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
-    padding = dilation * (kernel // 2)
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False),
-        norm(out_ch),
-        nn.ReLU(inplace=True),
-    )
+from embedseg.models.layers import conv_norm_relu
 
 
 class ASPP(nn.Module):
     """Parallel 1x1, dilated 3x3 convolutions and image pooling, fused by a 1x1 convolution."""
 
-    def __init__(self, in_ch: int, out_ch: int, rates: tuple[int, ...] = (6, 12, 18)):
+    def __init__(self, in_ch: int, out_ch: int, rates: tuple[int, ...]):
         super().__init__()
         self.branches = nn.ModuleList(
             [conv_norm_relu(in_ch, out_ch, 1)] + [conv_norm_relu(in_ch, out_ch, 3, r) for r in rates]

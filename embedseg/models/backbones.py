@@ -1,21 +1,15 @@
 """Dilated ResNet family (He et al. 2016; dilation as in DeepLab v3), written in torch alone.
 
 `width` scales every channel count (0.25 gives a network that trains on a laptop CPU);
-`output_stride` 8 or 16 replaces the stride of the last stage(s) by dilation, as DeepLab does.
+`output_stride` 8 or 16 replaces the stride of the last stage(s) by dilation, as DeepLab does (32: none).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from embedseg.registry import Registry
-
-BACKBONES = Registry("backbone")
-
-
-def norm(channels: int) -> nn.Module:
-    # GroupNorm works with the small batches of CPU and high-resolution training alike.
-    return nn.GroupNorm(min(32, max(1, channels // 4)), channels)
+from embedseg.models.layers import norm
+from embedseg.models.registry import BACKBONES
 
 
 class BasicBlock(nn.Module):
@@ -74,7 +68,7 @@ class DilatedResNet(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
-        chans = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
+        chans = [max(8, round(c * width)) for c in (64, 128, 256, 512)]
         # Stage strides/dilations: stride 32 by default; trade the last strides for dilation.
         strides, dilations = [1, 2, 2, 2], [1, 1, 1, 1]
         if output_stride <= 16:
