@@ -1,4 +1,4 @@
-"""Command line: `embedseg train|evaluate|compare-grouping|predict|data` (also `python -m embedseg`)."""
+"""Command line: `embedseg train|evaluate|compare-grouping|predict|data|config` (also `python -m embedseg`)."""
 from __future__ import annotations
 
 import argparse
@@ -47,7 +47,7 @@ def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], gr
     print(format_table(results, keys=keys, first="grouper"))
     timing = {n: {"group ms (median)": m["group_ms_median"], "inst/img": m["instances_per_image"]}
               for n, m in results.items()}
-    print("\nnetwork {:.1f} ms/image (median); ".format(np.median(run.network_ms))
+    print(f"\nnetwork {np.median(run.network_ms):.1f} ms/image (median); "
           + "; ".join(f"{n}: {t['group ms (median)']:.1f} ms, {t['inst/img']:.1f} instances/image"
                       for n, t in timing.items()))
     print(f"metrics: {metrics_path}\nfigure:  {figure}")
@@ -122,23 +122,10 @@ def cmd_compare_grouping(args) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        image = Image.open(path)
-        image.load()
-    except Exception as e:  # noqa: BLE001 - name the file, whatever went wrong
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    return np.asarray(image.convert("RGB"))
-
-
 def cmd_predict(args) -> int:
     from PIL import Image
 
+    from embedseg.data.io import IMAGE_EXTENSIONS, read_image
     from embedseg.engine.run import build_groupers, build_predictor, load_run
     from embedseg.viz import save_overlay
 
@@ -147,7 +134,7 @@ def cmd_predict(args) -> int:
         raise FileExistsError(f"output directory {out} is not empty; use --overwrite or choose another --out")
     paths = []
     for p in map(Path, args.images):
-        paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS) if p.is_dir() else [p]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
@@ -160,10 +147,11 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     for image_id, path in enumerate(tqdm(paths, desc="predict", disable=None)):
-        image = read_rgb(path)
+        image = read_image(path)
         instances = grouper(predictor(image))
         label_map = instances.to_label_map()
-        Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8)).save(out / f"{path.stem}.png")
+        label_png = Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8))
+        label_png.save(out / f"{path.stem}.png")
         save_overlay(image, instances, out / f"{path.stem}_overlay.png")
         results += [dict(r, file_name=path.name) for r in instances.to_coco_results(image_id)]
         images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
@@ -182,6 +170,13 @@ def cmd_data_synth(args) -> int:
         dataset = SyntheticShapes(split=split, num_images=count, size=args.size, seed=args.seed)
         folder = write_dataset(dataset, args.out, split, overwrite=args.overwrite)
         print(f"{split}: {count} images -> {folder}")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    from embedseg.config import show_config
+
+    print(show_config(args.config, args.set))
     return 0
 
 
@@ -209,14 +204,15 @@ def cmd_data_check(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_set(p) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add_set(p):
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.steps=100 (repeatable)")
 
     p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
     p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
@@ -256,8 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("data", help="data set tools")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
+    add_data_commands(sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True))
+    q = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    q = q.add_parser("show", help="the resolved config, each value with its origin (file, --set or default)")
+    q.add_argument("config", help="experiment YAML, e.g. experiments/dsb2018/full.yaml")
+    add_set(q)
+    q.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def add_data_commands(data_sub) -> None:
     q = data_sub.add_parser("synth", help="write the synthetic data set as image/mask folders")
     q.add_argument("--out", required=True, help="root folder; writes <out>/<split>/{images,masks,semantic}")
     q.add_argument("--splits", default="train,val", help="comma separated splits (default train,val)")
@@ -274,7 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset parameter (YAML value), e.g. --param annotations=instances_{split}.json")
     q.set_defaults(func=cmd_data_check)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,21 @@
 """Typed experiment configs: dataclasses + YAML, one `base:` level, `--set a.b=value` overrides.
 
 A config file is plain YAML over `Config`. Component blocks are `{name: ..., <params>}` whose
-params are checked against the registered builder's signature at load time, so a typo fails
-before any training starts, with the key, the file and the accepted choices in the message.
+params are checked against the registered builder's signature at load time
+(`Registry.check_params`), so a typo fails before any training starts, with the key, the file and
+the accepted names in the message.
+
+`load_config` gives the validated `Config`. `load_raw` gives the merged YAML and the origin of
+every value in it (the config file, its base file or `--set`); `format_config` prints the resolved
+config with those origins, `default` for everything the dataclasses or the builders' signatures
+fill in (`embedseg config show`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +34,7 @@ class DataConfig:
     dataset: dict = field(default_factory=lambda: {"name": "synthetic"})  # builder(split=..., **params)
     split_params: dict = field(default_factory=dict)  # per split overrides, e.g. {val: {num_images: 100}}
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # scored during training (train.eval_every) to pick best.pt
     crop_size: int | None = None  # random crops of this side for training (None: whole images)
     flip: bool = True  # random horizontal and vertical flips
     rot90: bool = True  # random multiples of 90 degrees
@@ -42,21 +50,20 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     lr: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # AdamW's decoupled weight decay
     warmup_steps: int = 50
     schedule: str = "poly"  # poly | cosine | constant
-    grad_clip: float = 10.0
+    grad_clip: float = 10.0  # the gradients' total norm is clipped to this
     log_every: int = 20
     eval_every: int = 0  # 0: evaluate only after training
     checkpoint_every: int = 500
     num_workers: int = 0
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    # the network in channels_last memory for training and inference: on CPU (oneDNN) ~20% faster a float32
-    # step for the DSB2018 config's narrow full-resolution heads, ~10% slower for the quickstart's and
-    # slower with bf16; measure before use
+    # the network in channels_last memory format, for training and inference (the same outputs up to
+    # rounding); faster on some CPUs and slower on others, so measure before use
     channels_last: bool = False
-    # the network's forward in bfloat16 autocast, losses in float32: 1.75x faster steps for the DSB2018
-    # config on a CPU with AMX/AVX512-BF16 (the trainer warns on one without); inference stays float32
+    # the network's forward in bfloat16 autocast, losses in float32, for faster steps where the device has
+    # native bfloat16 (the trainer warns where it has not); inference stays float32
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda
 
@@ -105,24 +112,43 @@ METRICS = ("coco", "matching_ap", "sbd", "dic", "map_r")  # "coco" + evaluation.
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read `path` (merging its `base:` file), apply `a.b=value` overrides, validate."""
+    raw, _ = load_raw(path, overrides)
+    return config_from_dict(raw, where=str(path))
+
+
+def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[str, str]]:
+    """(merged YAML of `path`, its base and `overrides`; origin of every value in it).
+
+    The origins map the dotted key of every leaf value to the file it came from or "--set".
+    Nothing is validated here: `config_from_dict` does that.
+    """
     path = Path(path)
-    raw = _read_yaml(path)
-    base = raw.pop("base", None)
-    if base is not None:
-        base_path = (path.parent / base).resolve()
+    own = _read_yaml(path)
+    base = own.pop("base", None)
+    sources = [(own, str(path))]  # later sources win
+    if base is None:
+        raw = copy.deepcopy(own)
+    else:
+        base_path = Path(os.path.normpath(path.parent / base))
         if not base_path.exists():
             raise ConfigError(f"{path}: base file {base!r} not found (looked for {base_path})")
         base_raw = _read_yaml(base_path)
         if "base" in base_raw:
             raise ConfigError(f"{base_path}: a base config cannot have a base of its own (one level only)")
-        merged = merge(base_raw, raw)
-        if isinstance(raw.get("grouping"), dict) and isinstance(merged.get("grouping"), dict):
+        sources.insert(0, (base_raw, str(base_path)))
+        raw = merge(base_raw, own)
+        if isinstance(own.get("grouping"), dict) and isinstance(raw.get("grouping"), dict):
             # The first grouper is the default: the groupers a file lists come before its base's.
-            merged["grouping"] = {**{k: merged["grouping"][k] for k in raw["grouping"]}, **merged["grouping"]}
-        raw = merged
+            raw["grouping"] = {**{k: raw["grouping"][k] for k in own["grouping"]}, **raw["grouping"]}
     for item in overrides:
-        apply_override(raw, item)
-    return config_from_dict(raw, where=str(path))
+        parts, value = apply_override(raw, item)
+        for part in reversed(parts):
+            value = {part: value}
+        sources.append((value, "--set"))
+    origins = {}
+    for parts in _leaf_paths(raw):
+        origins[_dotted(parts)] = next(label for source, label in reversed(sources) if _holds(source, parts))
+    return raw, origins
 
 
 def _read_yaml(path: Path) -> dict:
@@ -144,15 +170,17 @@ def merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
         old = out.get(key)
-        if isinstance(old, dict) and isinstance(value, dict) and old.get("name", value.get("name")) == value.get("name", old.get("name")):
+        renamed = isinstance(old, dict) and isinstance(value, dict) and old.get("name", value.get("name")) != \
+            value.get("name", old.get("name"))
+        if isinstance(old, dict) and isinstance(value, dict) and not renamed:
             out[key] = merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """Apply one `a.b.c=value` (value parsed as YAML) to the raw config dict."""
+def apply_override(raw: dict, item: str) -> tuple[list[str], Any]:
+    """Apply one `a.b.c=value` (value parsed as YAML) to the raw config dict; return (key parts, value)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=100")
     key, text = item.split("=", 1)
@@ -164,201 +192,233 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is not a section")
     node[parts[-1]] = value
+    return parts, value
+
+
+def _leaf_paths(node: dict, prefix: tuple = ()):
+    """Key paths of the values of a nested dict that are not non-empty dicts themselves."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaf_paths(value, prefix + (key,))
+        else:
+            yield prefix + (key,)
+
+
+def _holds(node, parts) -> bool:
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _dotted(parts) -> str:
+    return ".".join(map(str, parts))
+
+
+# ----------------------------------------------------------------------------- validation
 
 
 def config_from_dict(raw: dict, where: str = "<dict>") -> Config:
-    config = _build_dataclass(Config, raw, where, prefix="")
-    validate_components(config, where)
+    """The validated `Config` of a raw dict; errors are ConfigErrors that start with `where`."""
+    try:
+        config = _build_dataclass(Config, raw, prefix="")
+        _validate(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return config
 
 
-def _build_dataclass(cls, raw: Any, where: str, prefix: str):
+def _build_dataclass(cls, raw: Any, prefix: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in raw if k not in names]
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {prefix + unknown[0]!r}; accepted keys here: {', '.join(names)}"
-        )
+        raise ConfigError(f"unknown key {prefix + str(unknown[0])!r}; accepted: {', '.join(names)}")
     kwargs = {}
     for name in names:
         if name not in raw:
             continue
         value, hint = raw[name], hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build_dataclass(hint, value, where, prefix + name + ".")
+            kwargs[name] = _build_dataclass(hint, value, prefix + name + ".")
         else:
-            kwargs[name] = _check_type(value, hint, where, prefix + name)
+            kwargs[name] = check_type(value, hint, prefix + name)
     return cls(**kwargs)
 
 
-def _check_type(value: Any, hint, where: str, key: str):
-    """Return value (ints widened to float where a float is wanted) or raise naming the key."""
-    origin = typing.get_origin(hint)
+def check_type(value: Any, hint, key: str):
+    """`value` if it fits the type annotation `hint` (ints widened to float where a float is wanted,
+    lists where a tuple is: YAML has no tuples), else a ConfigError naming `key` and the expected type."""
+    origin = typing.get_origin(hint) or hint
+    as_is = {str: str, bool: bool, dict: dict, tuple: (list, tuple)}.get(origin)  # types taken unchanged
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
-                return _check_type(value, option, where, key)
+                return check_type(value, option, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {_type_name(hint)}")
-    if hint is type(None):
-        if value is None:
-            return None
-    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif hint is Any or (hint is type(None) and value is None):
+        return value
+    elif hint is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
-    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+    elif hint is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    elif as_is is not None and isinstance(value, as_is):
         return value
-    elif hint in (str, bool) and isinstance(value, hint):
-        return value
-    elif (origin or hint) is dict and isinstance(value, dict):
-        return value
-    elif (origin or hint) is list and isinstance(value, list):
+    elif origin is list and isinstance(value, (list, tuple)):
         (item,) = typing.get_args(hint) or (Any,)
-        return [v if item is Any else _check_type(v, item, where, f"{key}[{i}]") for i, v in enumerate(value)]
-    raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {_type_name(hint)}")
+        return [check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    name = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    raise ConfigError(f"{key} = {value!r} has the wrong type; expected {name}")
 
 
-def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def _check_choice(value: str, choices, where: str, key: str):
+def _check_choice(value: str, choices, key: str):
     if value not in choices:
-        raise ConfigError(f"{where}: {key} = {value!r} is not one of: {', '.join(choices)}")
+        raise ConfigError(f"{key} = {value!r} is not one of: {', '.join(choices)}")
 
 
-def _check_component(registry, block: dict, where: str, key: str, reserved=()):
-    """A `{name: ..., params}` block: known name, params accepted by the builder."""
+def _named_block(block, registry, key: str) -> tuple[str, dict]:
+    """(name, params) of a `{name: ..., params}` block."""
     if not isinstance(block, dict) or "name" not in block:
-        raise ConfigError(f"{where}: {key} must be a mapping with a 'name'; choices: {', '.join(registry.names())}")
-    params = {k: v for k, v in block.items() if k != "name"}
-    _check_params(registry, block["name"], params, where, key, reserved)
+        raise ConfigError(f"{key} must be a mapping with a 'name'; choose one of: {', '.join(registry.names())}")
+    return block["name"], {k: v for k, v in block.items() if k != "name"}
 
 
-def _check_params(registry, name: str, params: dict, where: str, key: str, reserved=()):
-    if name not in registry:
-        raise ConfigError(f"{where}: {key}: unknown {registry.kind} {name!r}; choices: {', '.join(registry.names())}")
-    accepted = registry.parameters(name)
-    for p, value in params.items():
-        if p in reserved:
-            raise ConfigError(f"{where}: {key}.{p} is set by the framework, remove it from the config")
-        if p not in accepted:
-            raise ConfigError(
-                f"{where}: unknown key {key}.{p} for {registry.kind} {name!r}; "
-                f"accepted: {', '.join(sorted(set(accepted) - set(reserved)))}"
-            )
-        hint = accepted[p].annotation
-        if isinstance(hint, str):  # postponed annotations: resolve against the builder's module
-            hint = _resolve_hint(registry.get(name), hint)
-        if hint is not None and hint is not inspect_empty():
-            _check_type(value, _widen_tuples(hint), where, f"{key}.{p}")
-
-
-def inspect_empty():
-    import inspect
-
-    return inspect.Parameter.empty
-
-
-def _resolve_hint(builder, text: str):
-    import sys
-
-    target = builder.__init__ if isinstance(builder, type) else builder
-    module = sys.modules[getattr(builder, "__module__", "builtins")]
-    try:
-        return typing.get_type_hints(target, vars(module)).get(text, None) or eval(text, vars(module))
-    except Exception:  # an annotation we cannot resolve is not checked
-        return None
-
-
-def _widen_tuples(hint):
-    """YAML has no tuples: a `tuple[...]`/`list[...]` annotated parameter accepts a list."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return list
-    if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_widen_tuples(a) for a in typing.get_args(hint))]
-    return hint
-
-
-def validate_components(config: Config, where: str) -> None:
+def component_blocks(config: Config) -> list[tuple[str, Any, str, dict, tuple[str, ...]]]:
+    """(key, registry, name, params, reserved) of every component block of `config`: data.dataset,
+    model, each loss term (without the criterion's weight and ramp) and each grouper. `reserved`
+    parameters are set by the framework, never by a config."""
     # Imported here: the registries pull in torch and the builders; config parsing alone does not.
     from embedseg.data import DATASETS
     from embedseg.grouping import GROUPERS
     from embedseg.losses import LOSSES
+    from embedseg.losses.criterion import CRITERION_KEYS
     from embedseg.models import MODELS
 
-    _check_component(DATASETS, config.data.dataset, where, "data.dataset", reserved=("split",))
-    for split, params in config.data.split_params.items():
-        if not isinstance(params, dict):
-            raise ConfigError(f"{where}: data.split_params.{split} must be a mapping of dataset parameters")
-        _check_params(DATASETS, config.data.dataset["name"], params, where, f"data.split_params.{split}", ("split",))
-    _check_component(MODELS, config.model, where, "model", reserved=("num_classes",))
+    blocks = [("data.dataset", DATASETS, *_named_block(config.data.dataset, DATASETS, "data.dataset"), ("split",)),
+              ("model", MODELS, *_named_block(config.model, MODELS, "model"), ("num_classes",))]
+    for term, block in config.loss.items():
+        own = {k: v for k, v in block.items() if k not in CRITERION_KEYS} if isinstance(block, dict) else block
+        blocks.append((f"loss.{term}", LOSSES, *_named_block(own, LOSSES, f"loss.{term}"), ()))
+    for name, params in config.grouping.items():
+        blocks.append((f"grouping.{name}", GROUPERS, name, params, ()))
+    return blocks
+
+
+def _validate(config: Config) -> None:
+    from embedseg.data import DATASETS
+    from embedseg.grouping import GROUPERS
+    from embedseg.losses import LOSSES, WeightRamp
+
     if not config.loss:
-        raise ConfigError(f"{where}: loss needs at least one term; loss choices: {', '.join(LOSSES.names())}")
+        raise ConfigError(f"loss needs at least one term; choose from: {', '.join(LOSSES.names())}")
+    if not config.grouping:
+        raise ConfigError(f"grouping needs at least one grouper; choose from: {', '.join(GROUPERS.names())}")
+    for name, params in config.grouping.items():
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise ConfigError(f"grouping.{name} must be a mapping of parameters")
+        config.grouping[name] = params
     for term, block in config.loss.items():
         if isinstance(block, dict) and "weight" in block:
-            _check_type(block["weight"], float, where, f"loss.{term}.weight")
+            check_type(block["weight"], float, f"loss.{term}.weight")
         if isinstance(block, dict) and "ramp" in block:
-            from embedseg.losses import WeightRamp
-
             try:
                 WeightRamp.from_config(block["ramp"], f"loss.{term}.ramp")
             except ValueError as e:
-                raise ConfigError(f"{where}: {e}") from None
-        if isinstance(block, dict):  # weight and ramp are the criterion's, not the loss's
-            block = {k: v for k, v in block.items() if k not in ("weight", "ramp")}
-        _check_component(LOSSES, block, where, f"loss.{term}")
-    if not config.grouping:
-        raise ConfigError(f"{where}: grouping needs at least one grouper; choices: {', '.join(GROUPERS.names())}")
+                raise ConfigError(str(e)) from None
+    for key, registry, name, params, reserved in component_blocks(config):
+        registry.check_params(name, params, key, reserved)
     for name, params in config.grouping.items():
+        _check_postprocess(params.get("postprocess"), f"grouping.{name}.postprocess")
+    for split, params in config.data.split_params.items():
         if not isinstance(params, dict):
-            params = {} if params is None else params
-            if not isinstance(params, dict):
-                raise ConfigError(f"{where}: grouping.{name} must be a mapping of parameters")
-            config.grouping[name] = params
-        _check_params(GROUPERS, name, {k: v for k, v in params.items() if k != "postprocess"}, where,
-                      f"grouping.{name}")
-        _check_postprocess(params.get("postprocess"), where, f"grouping.{name}.postprocess")
-    _check_choice(config.train.schedule, SCHEDULES, where, "train.schedule")
-    _check_choice(config.train.device, DEVICES, where, "train.device")
+            raise ConfigError(f"data.split_params.{split} must be a mapping of dataset parameters")
+        DATASETS.check_params(config.data.dataset["name"], params, f"data.split_params.{split}", ("split",))
+    _check_choice(config.train.schedule, SCHEDULES, "train.schedule")
+    _check_choice(config.train.device, DEVICES, "train.device")
     if not config.eval.metrics:
-        raise ConfigError(f"{where}: eval.metrics needs at least one metric; choices: {', '.join(METRICS)}")
+        raise ConfigError(f"eval.metrics needs at least one metric; choose from: {', '.join(METRICS)}")
     for i, metric in enumerate(config.eval.metrics):
-        _check_choice(metric, METRICS, where, f"eval.metrics[{i}]")
+        _check_choice(metric, METRICS, f"eval.metrics[{i}]")
     for key in ("iou_thresholds", "map_r_thresholds"):
         values = getattr(config.eval, key)
         if not values or any(not 0 < t <= 1 for t in values):
-            raise ConfigError(f"{where}: eval.{key} = {values!r}: expected a non-empty list of "
-                              f"IoU thresholds in (0, 1]")
+            raise ConfigError(f"eval.{key} = {values!r}: expected a non-empty list of IoU thresholds in (0, 1]")
     for key, value in (("train.steps", config.train.steps), ("train.batch_size", config.train.batch_size),
                        ("eval.max_dets", config.eval.max_dets)):
         if value < 1:
-            raise ConfigError(f"{where}: {key} must be at least 1, got {value}")
+            raise ConfigError(f"{key} must be at least 1, got {value}")
 
 
-def _check_postprocess(steps: Any, where: str, key: str) -> None:
+# ----------------------------------------------------------------------------- showing and saving
+
+
+def resolved_dict(config: Config) -> dict:
+    """`config.to_dict()` with every component block's unset builder parameters at their defaults."""
+    out = config.to_dict()
+    for key, registry, name, params, reserved in component_blocks(config):
+        block = out
+        for part in key.split(".", 1):  # "model", "data.dataset", "loss.<term>", "grouping.<grouper>"
+            block = block[part]
+        for param, spec in registry.parameters(name).items():
+            if param not in block and param not in reserved and spec.default is not spec.empty:
+                block[param] = _plain(spec.default)
+    return out
+
+
+def _plain(value):
+    """Tuples as lists, so that a builder's default prints as YAML."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def format_config(config: Config, origins: dict[str, str]) -> str:
+    """The resolved config as YAML, every value followed by `# <origin>` (`default` where no file or
+    --set gave it)."""
+    lines: list[tuple[str, str | None]] = []
+
+    def walk(node: dict, prefix: tuple, indent: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                lines.append((f"{indent}{key}:", None))
+                walk(value, prefix + (key,), indent + "  ")
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+                lines.append((f"{indent}{key}: {text}", origins.get(_dotted(prefix + (key,)), "default")))
+
+    walk(resolved_dict(config), (), "")
+    width = max(len(text) for text, origin in lines if origin is not None)
+    return "\n".join(text if origin is None else f"{text.ljust(width)}  # {origin}" for text, origin in lines)
+
+
+def show_config(path: str | Path, overrides: list[str] = ()) -> str:
+    """`format_config` of the config at `path` with `overrides` (`embedseg config show`)."""
+    raw, origins = load_raw(path, overrides)
+    return format_config(config_from_dict(raw, where=str(path)), origins)
+
+
+def _check_postprocess(steps: Any, key: str) -> None:
     """A grouper's `postprocess` list (or None): each entry a step name or {name: step, <params>}, with
     the step's required params given and values the step accepts (it is built once to check them)."""
     from embedseg.grouping import POSTPROCESS
 
     if steps is not None and not isinstance(steps, list):
-        raise ConfigError(f"{where}: {key} = {steps!r} must be a list of steps, each a name or "
-                          f"{{name: step, <params>}}; choices: {', '.join(POSTPROCESS.names())}")
+        raise ConfigError(f"{key} = {steps!r} must be a list of steps, each a name or "
+                          f"{{name: step, <params>}}; choose from: {', '.join(POSTPROCESS.names())}")
     for i, entry in enumerate(steps or []):
-        block = {"name": entry} if isinstance(entry, str) else entry
-        _check_component(POSTPROCESS, block, where, f"{key}[{i}]")
-        name, params = block["name"], {k: v for k, v in block.items() if k != "name"}
+        name, params = _named_block({"name": entry} if isinstance(entry, str) else entry, POSTPROCESS,
+                                    f"{key}[{i}]")
+        POSTPROCESS.check_params(name, params, f"{key}[{i}]")
         for p, spec in POSTPROCESS.parameters(name).items():
             if spec.default is spec.empty and p not in params:
-                raise ConfigError(f"{where}: {key}[{i}].{p} is missing; postprocess step {name!r} needs it")
+                raise ConfigError(f"{key}[{i}].{p} is missing; postprocess step {name!r} needs it")
         try:
             POSTPROCESS.build(name, **params)
         except ValueError as e:
-            raise ConfigError(f"{where}: {key}[{i}]: {e}") from None
+            raise ConfigError(f"{key}[{i}]: {e}") from None
 
 
 def dump_config(config: Config, path: str | Path) -> None:

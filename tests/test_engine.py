@@ -107,11 +107,19 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
                  "--set", "data.split_params.test.num_images=2"]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"val", "test"} and set(metrics["test"]) == {"components"}
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--grouping", "components", "--split", "test", "--max-images", "1",
+                 "--set", "data.split_params.test.num_images=2", "--set", "eval.metrics=[map_r]",
+                 "--set", "eval.map_r_thresholds=[0.5,0.7]"]) == 0
+    assert "map_r on test (1 images)" in capsys.readouterr().out  # eval.max_images
+    scores = json.loads((run_dir / "metrics.json").read_text())["test"]["components"]
+    assert {"mAPr50", "mAPr70", "mAPr"} <= set(scores) and "mAPr60" not in scores  # eval.map_r_thresholds
 
     images = tmp_path / "images"
     images.mkdir()
     for i in range(2):  # odd sizes, and images like the training ones (where even 2 steps find something)
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40 + i, 53, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+        rgb = np.random.default_rng(i).integers(0, 255, (40 + i, 53, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(images / f"im{i}.png")
         Image.fromarray(SyntheticShapes(split="val", num_images=2, size=64)[i]["image"]).save(images / f"shapes{i}.png")
     out = tmp_path / "pred"
     assert main(["predict", str(run_dir), str(images), "--out", str(out)]) == 0
@@ -119,6 +127,19 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
     # A second predict into the same folder is refused: nothing a user made is overwritten.
     assert main(["predict", str(run_dir), str(images), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+    # predict reads images as training and evaluation do: a 16-bit image is seen as its 8-bit version
+    microscopy = tmp_path / "microscopy"
+    microscopy.mkdir()
+    grey16 = np.random.default_rng(2).integers(1000, 5000, (40, 53)).astype(np.uint16)
+    Image.fromarray(grey16).save(microscopy / "grey16.tif")
+    grey8 = np.round((grey16 - grey16.min()) / (grey16.max() - grey16.min()) * 255).astype(np.uint8)
+    Image.fromarray(grey8).save(microscopy / "grey8.png")
+    out = tmp_path / "pred16"
+    assert main(["predict", str(run_dir), str(microscopy), "--out", str(out)]) == 0
+    for suffix in ("_overlay.png", ".png"):
+        grey16_out, grey8_out = (np.array(Image.open(out / f"{stem}{suffix}")) for stem in ("grey16", "grey8"))
+        assert np.array_equal(grey16_out, grey8_out), suffix
 
 
 def assert_predictions_describe_the_images(out, images, class_names):

@@ -292,9 +292,9 @@ def test_drop_relatively_small_drops_a_fragment_far_smaller_than_the_image_s_obj
 
 @pytest.mark.parametrize("steps, error, match", [
     (["dilate"], KeyError, r"unknown postprocess step 'dilate'; choose one of: drop_relatively_small, drop_small"),
-    ([{"name": "drop_small", "min_sise": 5}], KeyError, r"unknown parameter\(s\) 'min_sise'.*accepted: min_size"),
+    ([{"name": "drop_small", "min_sise": 5}], ConfigError, r"unknown key 'min_sise'.*accepted: min_size"),
     ([{"min_size": 5}], TypeError, r"postprocess\[0\] = .*expected a step name or a mapping with a 'name'"),
-    ("split_disconnected", TypeError, "postprocess must be a list"),
+    ("split_disconnected", ConfigError, "postprocess = 'split_disconnected' has the wrong type"),
     ([{"name": "drop_small", "min_size": 0}], ValueError, "min_size must be >= 1"),
     ([{"name": "drop_relatively_small", "fraction": 1.0}], ValueError, r"fraction must be in \(0, 1\)"),
     ([{"name": "merge_continuous", "threshold": 0.0}], ValueError, "threshold must be a positive"),
@@ -314,20 +314,20 @@ def test_config_postprocess_lists_are_checked_at_load_time():
     config = grouping_config({"meanshift": {"bandwidth": 1.25, "postprocess": chain}})
     assert config.grouping["meanshift"]["postprocess"] == chain  # a bare name or {name, params}
     for step, match in [
-        ("dilate", (r"x.yaml: grouping.meanshift.postprocess\[1\]: unknown postprocess step 'dilate'; choices: "
+        ("dilate", (r"x.yaml: grouping.meanshift.postprocess\[1\]: unknown postprocess step 'dilate'; choose one of: "
                     r"drop_relatively_small, drop_small, merge_continuous, split_disconnected")),
         ({"name": "merge_continuous", "treshold": 0.3},
-         (r"unknown key grouping.meanshift.postprocess\[1\].treshold for postprocess step 'merge_continuous'; "
+         (r"unknown key 'grouping.meanshift.postprocess\[1\].treshold' for postprocess step 'merge_continuous'; "
           r"accepted: threshold")),
         ({"name": "merge_continuous", "threshold": "high"},
          r"grouping.meanshift.postprocess\[1\].threshold = 'high' has the wrong type; expected float"),
         ({"name": "merge_continuous"}, r"grouping.meanshift.postprocess\[1\].threshold is missing"),
         ({"name": "merge_continuous", "threshold": -1}, r"grouping.meanshift.postprocess\[1\]: .*threshold must be"),
-        (3, r"grouping.meanshift.postprocess\[1\] must be a mapping with a 'name'; choices: drop_relatively_small"),
+        (3, r"grouping.meanshift.postprocess = \['split_disconnected', 3\] has the wrong type"),
     ]:
         with pytest.raises(ConfigError, match=match):
             grouping_config({"meanshift": {"postprocess": ["split_disconnected", step]}})
-    with pytest.raises(ConfigError, match=r"grouping.seeds.postprocess = 'split_disconnected' must be a list of steps"):
+    with pytest.raises(ConfigError, match=r"grouping.seeds.postprocess = 'split_disconnected' has the wrong type"):
         grouping_config({"seeds": {"postprocess": "split_disconnected"}})
 
 
@@ -513,7 +513,7 @@ def test_bad_parameters_are_errors(name, params, match):
 def test_unknown_groupers_and_parameters_are_errors():
     with pytest.raises(KeyError, match="unknown grouper 'kmeans'; choose one of"):
         build_grouper("kmeans")
-    with pytest.raises(KeyError, match="unknown parameter.*'merge_threshold' for grouper 'meanshift'"):
+    with pytest.raises(ConfigError, match="unknown key 'merge_threshold' for grouper 'meanshift'"):
         build_grouper("meanshift", merge_threshold=0.35)
 
 

@@ -1,18 +1,15 @@
-"""Dataset contract and registry.
+"""The sample contract every dataset follows.
 
 A dataset yields raw numpy samples; `embedseg.data.transforms` turns them into tensors:
 
     {"image": uint8 [H, W, 3], "instances": int32 [H, W] (0 = background, <0 = ignore),
      "semantic": int64 [H, W] (0 = background, 1..C, <0 = ignore), "image_id": int, "name": str}
 
-Every dataset has `num_classes` (C, without background) and `class_names` (C names).
-Builders are called as `DATASETS.get(name)(split=..., **params)`.
+Every dataset has `num_classes` (C, without background) and `class_names` (C names). Datasets
+are registered in `embedseg.data.registry.DATASETS`; image and label files are read with
+`embedseg.data.io`.
 """
 from __future__ import annotations
-
-from embedseg.registry import Registry
-
-DATASETS = Registry("dataset")
 
 
 def checked_index(index, length: int, dataset: str) -> int:

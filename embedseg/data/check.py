@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from embedseg.data.base import DATASETS
-from embedseg.data.folder import IMAGE_EXTENSIONS, SplitFiles, _read_class_names, load_labelled_image, resolve_root
+from embedseg.data.folder import SplitFiles, label_file_pattern, load_labelled_image
+from embedseg.data.io import IMAGE_EXTENSIONS, read_class_names, resolve_root
+from embedseg.data.registry import DATASETS, build_dataset
 
 
 @dataclass
@@ -69,11 +70,12 @@ def _check_folder_split(root, split: str, class_names: list[str], progress: bool
     if not files.images:
         report.problems.append(f"empty split: no images ({'/'.join(IMAGE_EXTENSIONS)}) in {files.image_dir}")
     for stem in files.without("masks"):
-        report.problems.append(f"image without mask: {files.images[stem]} (no {files.mask_dir / stem}.<png|tif|tiff>)")
+        report.problems.append(f"image without mask: {files.images[stem]} "
+                               f"(no {label_file_pattern(files.mask_dir, stem)})")
     if files.semantic is not None:
         for stem in files.without("semantic"):
             report.problems.append(f"image without semantic map: {files.images[stem]} "
-                                   f"(no {files.semantic_dir / stem}.png)")
+                                   f"(no {label_file_pattern(files.semantic_dir, stem)})")
     for stem in files.orphan_masks():
         report.warnings.append(f"mask without image: {files.masks[stem]}")
     for stem in tqdm(sorted(files.images), desc=f"check {split}", unit="img", disable=None if progress else True):
@@ -95,9 +97,9 @@ def _check_folder_split(root, split: str, class_names: list[str], progress: bool
 def _check_dataset_split(name: str, params: dict, split: str, progress: bool) -> tuple[SplitReport, list]:
     report = SplitReport(split)
     try:
-        dataset = DATASETS.build(name, split=split, **params)
-    except (OSError, ValueError, KeyError) as err:
-        report.problems.append(str(err.args[0] if isinstance(err, KeyError) and err.args else err))
+        dataset = build_dataset(name, split, **params)
+    except (OSError, ValueError) as err:
+        report.problems.append(str(err))
         return report, []
     report.num_images = len(dataset)
     class_names = list(dataset.class_names)
@@ -116,19 +118,15 @@ def _check_dataset_split(name: str, params: dict, split: str, progress: bool) ->
 def check_dataset(root: str, splits: list[str], format: str = "folder", params: dict | None = None,
                   progress: bool = True) -> list[SplitReport]:
     """One `SplitReport` per split of the data set at `root` in `format` (a DATASETS name)."""
-    params = dict(params or {})
-    if format not in DATASETS:
-        raise KeyError(f"unknown data format {format!r}; choose one of: {', '.join(DATASETS.names())}")
+    params = dict(params or {}, root=root)
+    DATASETS.check_params(format, params, reserved=("split",))
     if format != "folder":
-        return [_check_dataset_split(format, dict(params, root=root), split, progress)[0] for split in splits]
-    unknown = set(params) - {"class_names"}
-    if unknown:
-        raise KeyError(f"unknown parameter(s) {', '.join(sorted(unknown))} for format 'folder'; accepted: class_names")
+        return [_check_dataset_split(format, params, split, progress)[0] for split in splits]
     root_dir = resolve_root(root, "data check")
     class_names = params.get("class_names")
     if class_names is None:
         classes_file = root_dir / "classes.txt"
-        class_names = _read_class_names(classes_file) if classes_file.is_file() else ["object"]
+        class_names = read_class_names(classes_file) if classes_file.is_file() else ["object"]
     return [_check_folder_split(root_dir, split, list(class_names), progress) for split in splits]
 
 

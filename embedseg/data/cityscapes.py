@@ -3,15 +3,15 @@
 Layout (the official one)::
 
     <root>/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png
-    <root>/gtFine/<split>/<city>/<name>_gtFine_instanceIds.png     (or gtCoarse/..._gtCoarse_...)
+    <root>/gtFine/<split>/<city>/<name>_gtFine_instanceIds.png     (annotations: gtCoarse -> gtCoarse/..._gtCoarse_...)
 
 An instanceIds pixel holds `label_id * 1000 + k` for an instance k of a thing class and the
 plain `label_id` (< 1000) elsewhere. The 8 evaluated thing classes (label ids 24-28, 31-33)
 become classes 1..8, or only those named in `classes`, in that order (other things are
 background). Ignore (instances = semantic = -1): pixels of a kept thing class without an
 instance id (groups the annotators did not split) and pixels whose label id is in
-`ignore_label_ids` (by default the void regions 0-3 and the caravan/trailer classes 29-30,
-which Cityscapes does not evaluate). Instances are renumbered 1..N in raw id order.
+`IGNORE_LABEL_IDS` (the void regions 0-3 and the caravan/trailer classes 29-30, which Cityscapes
+does not evaluate). Instances are renumbered 1..N in raw id order.
 """
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ import logging
 import numpy as np
 from torch.utils.data import Dataset
 
-from embedseg.data.base import DATASETS, checked_index
-from embedseg.data.folder import _load_image, _load_label, check_same_size, resolve_root
+from embedseg.data.base import checked_index
+from embedseg.data.io import check_same_size, read_image, read_label, resolve_root
+from embedseg.data.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 
 # label id -> name of the thing classes that Cityscapes evaluates (cityscapesscripts labels.py)
 THING_CLASSES = {24: "person", 25: "rider", 26: "car", 27: "truck", 28: "bus", 31: "train",
                  32: "motorcycle", 33: "bicycle"}
-DEFAULT_IGNORE_IDS = (0, 1, 2, 3, 29, 30)  # unlabeled, ego vehicle, rectification border, out of roi, caravan, trailer
+IGNORE_LABEL_IDS = (0, 1, 2, 3, 29, 30)  # unlabeled, ego vehicle, rectification border, out of roi, caravan, trailer
 IMAGE_SUFFIX = "_leftImg8bit"
 
 
@@ -61,7 +62,7 @@ class CityscapesDataset(Dataset):
     """
 
     def __init__(self, root: str, split: str = "train", classes: list[str] | None = None,
-                 ignore_label_ids: list[int] = DEFAULT_IGNORE_IDS, annotations: str = "gtFine"):
+                 annotations: str = "gtFine"):
         self.root = resolve_root(root, "CityscapesDataset")
         self.split = split
         self.annotations = annotations
@@ -75,7 +76,6 @@ class CityscapesDataset(Dataset):
         self.class_names = classes
         self.num_classes = len(classes)
         self.class_of_label = {label_of_name[c]: k + 1 for k, c in enumerate(classes)}
-        self.ignore_label_ids = tuple(int(i) for i in ignore_label_ids)
 
         image_dir = self.root / "leftImg8bit" / split
         label_dir = self.root / annotations / split
@@ -103,9 +103,9 @@ class CityscapesDataset(Dataset):
     def __getitem__(self, index) -> dict:
         index = checked_index(index, len(self), "CityscapesDataset")
         image_path, label_path = self.image_paths[index], self.label_paths[index]
-        image = _load_image(image_path)
-        ids = _load_label(label_path, "instanceIds map")
+        image = read_image(image_path)
+        ids = read_label(label_path, "instanceIds map")
         check_same_size(ids, label_path, "instance map", image, image_path)
-        instances, semantic = convert_instance_ids(ids, self.class_of_label, self.ignore_label_ids)
+        instances, semantic = convert_instance_ids(ids, self.class_of_label, IGNORE_LABEL_IDS)
         return {"image": image, "instances": instances, "semantic": semantic, "image_id": index,
                 "name": self.names[index]}

@@ -23,8 +23,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from embedseg.data.base import DATASETS, checked_index
-from embedseg.data.folder import _load_image, resolve_root
+from embedseg.data.base import checked_index
+from embedseg.data.io import read_image, resolve_root
+from embedseg.data.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class CocoDataset(Dataset):
         if not path.is_file():
             raise FileNotFoundError(f"CocoDataset: image {path} (id {info['id']} in {self.annotation_file}) "
                                     "does not exist")
-        image = _load_image(path)
+        image = read_image(path)
         height, width = image.shape[:2]
         if (int(info.get("height", height)), int(info.get("width", width))) != (height, width):
             raise ValueError(f"size mismatch: image {path} is {width}x{height} (WxH) but "

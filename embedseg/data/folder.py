@@ -3,19 +3,18 @@
 Layout::
 
     <root>/classes.txt                       optional, one class name per line
-    <root>/<split>/images/<stem>.<png|jpg|jpeg|tif|tiff>
+    <root>/<split>/images/<stem>.<png|jpg|jpeg|tif|tiff|bmp>
     <root>/<split>/masks/<stem>.<png|tif|tiff>      integer label image, 0 = background (8/16 bit)
-    <root>/<split>/semantic/<stem>.png              optional per-pixel class map (0 = background);
+    <root>/<split>/semantic/<stem>.<png|tif|tiff>   optional per-pixel class map (0 = background);
                                                     without the folder every instance is class 1
 
-A relative `root` is looked up under `$EMBEDSEG_DATA` first, then in the current directory
-(`resolve_root`, shared by every file-based adapter). `write_dataset` writes any dataset of the
-sample contract in this layout.
+Files are read with `embedseg.data.io` (`read_image`, `read_label`); a relative `root` is looked
+up under `$EMBEDSEG_DATA` first, then in the current directory (`resolve_root`). `write_dataset`
+writes any dataset of the sample contract in this layout.
 """
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,36 +24,19 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from embedseg.data.base import DATASETS, checked_index
+from embedseg.data.base import checked_index
+from embedseg.data.io import (
+    IMAGE_EXTENSIONS,
+    LABEL_EXTENSIONS,
+    check_same_size,
+    read_class_names,
+    read_image,
+    read_label,
+    resolve_root,
+)
+from embedseg.data.registry import DATASETS
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-MASK_EXTENSIONS = (".png", ".tif", ".tiff")
-SEMANTIC_EXTENSIONS = (".png",)
-DATA_ENV = "EMBEDSEG_DATA"
-
-
-def resolve_root(root: str | os.PathLike, what: str = "dataset") -> Path:
-    """The existing folder that a dataset's `root` parameter names.
-
-    Absolute (or `~`) paths are taken as given. A relative path is looked up under
-    `$EMBEDSEG_DATA` when that is set, then relative to the current directory, so configs can say
-    `root: dsb2018` and every machine points EMBEDSEG_DATA at its own data folder. The error
-    names every place that was looked at.
-    """
-    path = Path(root).expanduser()
-    candidates = [path]
-    if not path.is_absolute():
-        base = os.environ.get(DATA_ENV)
-        candidates = ([Path(base).expanduser() / path] if base else []) + [Path.cwd() / path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    hint = "" if path.is_absolute() or os.environ.get(DATA_ENV) else (
-        f"; ${DATA_ENV} is not set: set it to the folder that holds the data sets, or give an absolute root")
-    raise FileNotFoundError(
-        f"{what}: data root folder {' or '.join(str(c) for c in candidates)} does not exist{hint}")
 
 
 def _index_folder(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
@@ -69,73 +51,9 @@ def _index_folder(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def _read_array(path: Path, palette_to_rgb: bool = False) -> np.ndarray:
-    """The pixel array of an image file; palette images give indices unless `palette_to_rgb`."""
-    convert = ("CMYK", "YCbCr", "LAB", "HSV") + (("P", "PA") if palette_to_rgb else ())
-    try:
-        with Image.open(path) as im:
-            if im.mode in convert:
-                im = im.convert("RGBA" if im.mode == "PA" else "RGB")
-            return np.array(im)
-    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read {path}: {err}") from err
-
-
-def _load_image(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3]; grey -> 3 channels, alpha dropped, palette -> RGB, >8 bit rescaled."""
-    array = _read_array(path, palette_to_rgb=True)
-    if array.ndim == 3 and array.shape[2] in (2, 4):  # LA / RGBA: drop alpha
-        array = array[..., :-1]
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise ValueError(f"{path}: expected a grey, RGB or RGBA image, got an array of shape {array.shape}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
-        # 16-bit / float images (microscopy): rescale this image's range to 0..255
-        array = array.astype(np.float64)
-        if not np.isfinite(array).all():
-            raise ValueError(f"{path}: image holds NaN or infinite values")
-        lo, hi = float(array.min()), float(array.max())
-        array = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
-        array = np.round(array).astype(np.uint8)
-    return np.ascontiguousarray(array)
-
-
-def _load_label(path: Path, what: str) -> np.ndarray:
-    """A single-channel non-negative integer label image as int64."""
-    array = _read_array(path)
-    if array.ndim == 3:
-        if array.shape[2] in (2, 4):  # LA / RGBA: ignore alpha
-            array = array[..., :-1]
-        if not (array == array[..., :1]).all():
-            raise ValueError(
-                f"{path}: {what} must be a single-channel integer label image, got {array.shape[2]} "
-                "different channels (colour-coded masks are not supported)"
-            )
-        array = array[..., 0]
-    if array.ndim != 2:
-        raise ValueError(f"{path}: {what} must be a 2-d label image, got shape {array.shape}")
-    if array.dtype == bool:
-        return array.astype(np.int64)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or not (array == np.round(array)).all():
-            raise ValueError(f"{path}: {what} must hold integer labels, found non-integer values")
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{path}: {what} must hold integer labels, got dtype {array.dtype}")
-    if array.size and array.min() < 0:
-        raise ValueError(f"{path}: {what} must be non-negative (0 = background), found {array.min()}")
-    return array.astype(np.int64)
-
-
-def _read_class_names(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"{path} holds no class names (expected one name per line)")
-    return names
+def label_file_pattern(folder: Path, stem: str) -> str:
+    """How an error names the label file that `stem` should have in `folder`."""
+    return f"{folder / stem}.<{'|'.join(e[1:] for e in LABEL_EXTENSIONS)}>"
 
 
 @dataclass
@@ -150,15 +68,15 @@ class SplitFiles:
     semantic: dict[str, Path] | None  # None when the split has no semantic/ folder
 
     @classmethod
-    def index(cls, split_dir: Path) -> "SplitFiles":
+    def index(cls, split_dir: Path) -> SplitFiles:
         """Index `<split_dir>/{images,masks[,semantic]}`; a missing images/ or masks/ folder is an error."""
         image_dir, mask_dir, semantic_dir = (split_dir / d for d in ("images", "masks", "semantic"))
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
                 raise FileNotFoundError(f"FolderDataset: folder {folder} does not exist")
-        semantic = _index_folder(semantic_dir, SEMANTIC_EXTENSIONS) if semantic_dir.is_dir() else None
+        semantic = _index_folder(semantic_dir, LABEL_EXTENSIONS) if semantic_dir.is_dir() else None
         return cls(image_dir, mask_dir, semantic_dir, _index_folder(image_dir, IMAGE_EXTENSIONS),
-                   _index_folder(mask_dir, MASK_EXTENSIONS), semantic)
+                   _index_folder(mask_dir, LABEL_EXTENSIONS), semantic)
 
     def without(self, kind: str) -> list[str]:
         """Sorted stems of the images that have no file in `kind` ("masks" or "semantic")."""
@@ -169,29 +87,20 @@ class SplitFiles:
         return sorted(set(self.masks) - set(self.images))
 
 
-def check_same_size(label: np.ndarray, label_path: Path, what: str, image: np.ndarray, image_path: Path) -> None:
-    """Raise a ValueError naming both files when a label map and its image differ in size."""
-    if label.shape != image.shape[:2]:
-        raise ValueError(
-            f"size mismatch: {what} {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) "
-            f"but image {image_path} is {image.shape[1]}x{image.shape[0]}"
-        )
-
-
 def load_labelled_image(image_path: Path, mask_path: Path, semantic_path: Path | None = None,
                         class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image uint8 [H, W, 3], instances int32 [H, W], semantic int64 [H, W]) of one folder sample.
 
     Without a semantic map every instance pixel is class 1. Every error names the file at fault.
     """
-    image = _load_image(image_path)
-    instances = _load_label(mask_path, "mask")
+    image = read_image(image_path)
+    instances = read_label(mask_path, "mask")
     check_same_size(instances, mask_path, "mask", image, image_path)
     if instances.size and instances.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{mask_path}: instance ids must fit in int32, found {instances.max()}")
     if semantic_path is None:
         return image, instances.astype(np.int32), (instances > 0).astype(np.int64)
-    semantic = _load_label(semantic_path, "semantic map")
+    semantic = read_label(semantic_path, "semantic map")
     check_same_size(semantic, semantic_path, "semantic map", image, image_path)
     num_classes = len(class_names) if class_names else 1
     if semantic.size and semantic.max() > num_classes:
@@ -218,7 +127,7 @@ class FolderDataset(Dataset):
             raise FileNotFoundError(f"FolderDataset: split folder {split_dir} does not exist")
         if class_names is None:
             classes_file = self.root / "classes.txt"
-            class_names = _read_class_names(classes_file) if classes_file.is_file() else ["object"]
+            class_names = read_class_names(classes_file) if classes_file.is_file() else ["object"]
         self.class_names = [str(c) for c in class_names]
         if not self.class_names:
             raise ValueError("FolderDataset: class_names must hold at least one name")
@@ -232,8 +141,8 @@ class FolderDataset(Dataset):
         missing = files.without("masks")
         if missing:
             raise FileNotFoundError(
-                f"FolderDataset: image {files.images[missing[0]]} has no mask {files.mask_dir / missing[0]}"
-                f".<{'|'.join(e[1:] for e in MASK_EXTENSIONS)}>"
+                f"FolderDataset: image {files.images[missing[0]]} has no mask "
+                f"{label_file_pattern(files.mask_dir, missing[0])}"
                 + (f" ({len(missing)} images without a mask)" if len(missing) > 1 else "")
             )
         orphans = files.orphan_masks()
@@ -245,7 +154,8 @@ class FolderDataset(Dataset):
         if missing:
             raise FileNotFoundError(
                 f"FolderDataset: image {files.images[missing[0]]} has no semantic map "
-                f"{files.semantic_dir / missing[0]}.png (when {files.semantic_dir} exists, every image needs one)"
+                f"{label_file_pattern(files.semantic_dir, missing[0])} (when {files.semantic_dir} exists, every "
+                "image needs one)"
             )
 
         self.stems = sorted(files.images)
@@ -310,9 +220,9 @@ def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path
 
     class_names = [str(c) for c in getattr(dataset, "class_names", ["object"])]
     classes_file = out_dir / "classes.txt"
-    if classes_file.is_file() and not overwrite and _read_class_names(classes_file) != class_names:
+    if classes_file.is_file() and not overwrite and read_class_names(classes_file) != class_names:
         raise FileExistsError(
-            f"{classes_file} lists other classes ({', '.join(_read_class_names(classes_file))}) than "
+            f"{classes_file} lists other classes ({', '.join(read_class_names(classes_file))}) than "
             f"this dataset ({', '.join(class_names)}); pass overwrite=True to replace it"
         )
     dirs = {sub: split_dir / sub for sub in ("images", "masks", "semantic")}

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import operator
+from typing import ClassVar
 
 import numpy as np
 import torch.utils.data
 
-from embedseg.data.base import DATASETS
+from embedseg.data.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
 
@@ -34,7 +35,7 @@ _TOUCH_TRIES = 10
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"SyntheticShapes: {name} must be an integer, got {value!r}")
+        raise ValueError(f"SyntheticShapes: {name} must be an integer, got {value!r}")  # noqa: TRY004 - bad input
     if value < minimum:
         raise ValueError(f"SyntheticShapes: {name} must be >= {minimum}, got {value}")
     return int(value)
@@ -42,7 +43,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def _check_float(name: str, value, low: float, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"SyntheticShapes: {name} must be a number, got {value!r}")
+        raise ValueError(f"SyntheticShapes: {name} must be a number, got {value!r}")  # noqa: TRY004 - bad input
     value = float(value)
     if not math.isfinite(value) or value < low or (high is not None and value > high):
         rng = f"in [{low}, {high}]" if high is not None else f">= {low}"
@@ -53,7 +54,7 @@ def _check_float(name: str, value, low: float, high: float | None = None) -> flo
 class _Shape:
     """One object: class, centre, rotation and semi-axes, rasterised on demand."""
 
-    __slots__ = ("cls", "cy", "cx", "theta", "a", "b", "group", "extent")
+    __slots__ = ("a", "b", "cls", "cx", "cy", "extent", "group", "theta")
 
     def __init__(self, cls, cy, cx, theta, a, b, group):
         self.cls, self.cy, self.cx, self.theta, self.a, self.b = cls, cy, cx, theta, a, b
@@ -72,8 +73,8 @@ class _Shape:
 
     def rasterise(self, size: int):
         """(slices into the image, inside mask, shade) for the part of the object in the image."""
-        r = int(math.ceil(self.extent)) + 2
-        iy, ix = int(round(self.cy)), int(round(self.cx))
+        r = math.ceil(self.extent) + 2
+        iy, ix = round(self.cy), round(self.cx)
         y0, x0 = iy - r, ix - r
         n = 2 * r + 1
         dy = (np.arange(y0, y0 + n, dtype=np.float32) - self.cy)[:, None]
@@ -124,7 +125,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
     """
 
     num_classes = 2
-    class_names = ["disc", "box"]
+    class_names: ClassVar[list[str]] = ["disc", "box"]
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from embedseg.config import Config, config_from_dict, load_config
-from embedseg.data import DATASETS
+from embedseg.data import build_dataset
 from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.predictor import Predictor
 from embedseg.grouping import build_grouper
@@ -33,7 +33,7 @@ def dataset_for_split(config: Config, split: str):
     """The dataset block of the config, with that split's overrides, built for `split`."""
     params = {k: v for k, v in config.data.dataset.items() if k != "name"}
     params.update(config.data.split_params.get(split, {}))
-    return DATASETS.get(config.data.dataset["name"])(split=split, **params)
+    return build_dataset(config.data.dataset["name"], split, **params)
 
 
 def build_network(config: Config, num_classes: int) -> torch.nn.Module:

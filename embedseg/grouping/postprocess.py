@@ -21,7 +21,7 @@ from embedseg.grouping.base import as_tensor
 from embedseg.grouping.registry import POSTPROCESS
 
 # merge_continuous compares pixels this far apart across a border: an embedding predicted at
-# stride 2 and upsampled bilinearly (DeepLabEmbedding with head_stride 1 or 2) changes over steps
+# stride 2 and upsampled bilinearly (the stride2 decoders) changes over steps
 # of 2 px, so two adjacent pixels may show half the jump between two objects; 2 px spans it all.
 CONTACT_STEP = 2
 # merge_continuous joins two masks only over at least this many contact pairs: a corner of one

@@ -84,16 +84,16 @@ def cityscapes_ids() -> np.ndarray:
     return ids
 
 
-def write_cityscapes_sample(root: Path, split: str = "train") -> Path:
+def write_cityscapes_sample(root: Path, split: str = "train", annotations: str = "gtFine") -> Path:
     for k, (city, frame) in enumerate((("aachen", "000000_000019"), ("bonn", "000001_000019"))):
         image_dir = root / "leftImg8bit" / split / city
-        label_dir = root / "gtFine" / split / city
+        label_dir = root / annotations / split / city
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full(CITY_SHAPE + (3,), 50 + k, np.uint8)).save(
             image_dir / f"{city}_{frame}_leftImg8bit.png")
         ids = cityscapes_ids() if k == 0 else np.full(CITY_SHAPE, 7)
-        Image.fromarray(ids.astype(np.uint16)).save(label_dir / f"{city}_{frame}_gtFine_instanceIds.png")
+        Image.fromarray(ids.astype(np.uint16)).save(label_dir / f"{city}_{frame}_{annotations}_instanceIds.png")
     return root
 
 

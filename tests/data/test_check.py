@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from embedseg.cli import main
+from embedseg.config import ConfigError
 from embedseg.data.check import check_dataset, format_report, instance_classes
 
 
@@ -65,8 +66,10 @@ def test_other_formats_go_through_their_dataset(coco_sample, samples, capsys):
 
 def test_unknown_format_or_root(tmp_path, monkeypatch):
     monkeypatch.delenv("EMBEDSEG_DATA", raising=False)
-    with pytest.raises(KeyError, match="unknown data format 'voc'.*coco"):
+    with pytest.raises(ConfigError, match="unknown dataset 'voc'; choose one of: .*coco"):
         check_dataset(str(tmp_path), ["train"], "voc")
+    with pytest.raises(ConfigError, match="unknown key 'annotations' for dataset 'folder'; accepted: class_names"):
+        check_dataset(str(tmp_path), ["train"], "folder", {"annotations": "a.json"})
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere does not exist; .EMBEDSEG_DATA is not set"):
         check_dataset("nowhere", ["train"])

@@ -35,14 +35,25 @@ def test_class_subset_and_ignore_ids():
 
 
 def test_class_order_follows_the_parameter(cityscapes_sample, samples):
-    ds = CityscapesDataset(str(cityscapes_sample), "train", classes=["car", "person"], ignore_label_ids=[])
+    ds = CityscapesDataset(str(cityscapes_sample), "train", classes=["car", "person"])
     s = ds[0]
     ids = samples.cityscapes_ids()
     assert ds.class_names == ["car", "person"] and ds.num_classes == 2
     assert (s["semantic"][ids == 26000] == 1).all() and (s["semantic"][ids == 24000] == 2).all()
     assert (s["instances"][ids == 33000] == 0).all()  # bicycles are not kept: background
-    assert (s["instances"][ids == 1] == 0).all() and (s["instances"][ids == 29000] == 0).all()  # no ignore ids
+    assert (s["instances"][ids == 1] == -1).all() and (s["instances"][ids == 29000] == -1).all()  # ignore ids
     assert (s["instances"][ids == 26] == -1).all()  # a kept class without instance ids is still ignored
+
+
+def test_coarse_annotations(tmp_path, samples):
+    root = samples.write_cityscapes_sample(tmp_path / "cs", annotations="gtCoarse")
+    with pytest.raises(FileNotFoundError, match=r"gtFine/train does not exist"):
+        CityscapesDataset(str(root), "train")
+    coarse = CityscapesDataset(str(root), "train", annotations="gtCoarse")
+    fine = CityscapesDataset(str(samples.write_cityscapes_sample(tmp_path / "fine")), "train")  # the same ids
+    assert len(coarse) == 2 and coarse.names == fine.names
+    assert np.array_equal(coarse[0]["instances"], fine[0]["instances"])
+    assert np.array_equal(coarse[0]["semantic"], fine[0]["semantic"])
 
 
 def test_errors_name_the_file(cityscapes_sample, tmp_path):

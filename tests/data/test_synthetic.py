@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from embedseg.config import ConfigError
 from embedseg.data import DATASETS, SyntheticShapes, build_dataset
 
 
 def small(**kw):
-    params = dict(num_images=20, size=96, max_radius=14.0)
+    params = {"num_images": 20, "size": 96, "max_radius": 14.0}
     params.update(kw)
     return SyntheticShapes(**params)
 
@@ -117,19 +118,19 @@ def test_noise_parameter():
 @pytest.mark.parametrize(
     "kwargs, word",
     [
-        (dict(split="training"), "split"),
-        (dict(num_images=0), "num_images"),
-        (dict(num_images=2.5), "num_images"),
-        (dict(size=8), "size"),
-        (dict(min_objects=-1), "min_objects"),
-        (dict(min_objects=5, max_objects=3), "max_objects"),
-        (dict(min_radius=1.0), "min_radius"),
-        (dict(min_radius=10.0, max_radius=8.0), "max_radius"),
-        (dict(size=64, max_radius=20.0), "max_radius"),
-        (dict(touching=1.5), "touching"),
-        (dict(noise=-0.1), "noise"),
-        (dict(seed=-3), "seed"),
-        (dict(seed="a"), "seed"),
+        ({"split": "training"}, "split"),
+        ({"num_images": 0}, "num_images"),
+        ({"num_images": 2.5}, "num_images"),
+        ({"size": 8}, "size"),
+        ({"min_objects": -1}, "min_objects"),
+        ({"min_objects": 5, "max_objects": 3}, "max_objects"),
+        ({"min_radius": 1.0}, "min_radius"),
+        ({"min_radius": 10.0, "max_radius": 8.0}, "max_radius"),
+        ({"size": 64, "max_radius": 20.0}, "max_radius"),
+        ({"touching": 1.5}, "touching"),
+        ({"noise": -0.1}, "noise"),
+        ({"seed": -3}, "seed"),
+        ({"seed": "a"}, "seed"),
     ],
 )
 def test_argument_validation(kwargs, word):
@@ -138,5 +139,5 @@ def test_argument_validation(kwargs, word):
 
 
 def test_unknown_parameter_names_the_accepted_ones():
-    with pytest.raises(KeyError, match="touching"):
+    with pytest.raises(ConfigError, match="unknown key 'touchin' for dataset 'synthetic'; accepted: .*touching"):
         build_dataset("synthetic", "train", touchin=0.5)
