@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from embedseg.config import ConfigError, config_from_dict
+from embedseg.distances import squared_distances
 from embedseg.evaluation import evaluate_coco
 from embedseg.grouping import GROUPERS, POSTPROCESS, Grouper, build_grouper, build_postprocess
-from embedseg.grouping.base import masks_from_assignment, squared_distances
+from embedseg.grouping.base import masks_from_assignment
 from embedseg.grouping.seeds import mask_iou, mask_nms
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances

@@ -100,8 +100,8 @@ def test_matches_reference_loop_on_random_data():
 
 
 @pytest.mark.parametrize("push_mean", ["pairs", "active"])
-def test_hand_written_backward_matches_autograd(push_mean):
-    """_MeansAndPull's backward against torch.autograd.gradcheck (finite differences) and against
+def test_gradients_match_finite_differences_and_the_loop(push_mean):
+    """The loss's gradients against torch.autograd.gradcheck (finite differences) and against
     autograd through the reference loop."""
     torch.manual_seed(2)
     emb = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)

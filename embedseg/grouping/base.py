@@ -100,12 +100,6 @@ def subsample(n: int, size: int | None, generator: torch.Generator) -> torch.Ten
     return torch.randperm(n, generator=generator)[:size].sort().values
 
 
-def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """||x_i - c_k||^2 as [N, K] from one matrix product (clamped at 0 against rounding)."""
-    x_sq = x.pow(2).sum(1) if x_sq is None else x_sq
-    return (x_sq[:, None] - 2.0 * (x @ centres.T) + centres.pow(2).sum(1)[None]).clamp_min_(0)
-
-
 def masks_from_assignment(assignment: torch.Tensor, pixel_index: torch.Tensor, num_clusters: int,
                           image_size: tuple[int, int], min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks [K', H, W] of the clusters with at least `min_size` pixels, and their cluster ids [K'].

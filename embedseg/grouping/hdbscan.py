@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from embedseg.distances import squared_distances
 from embedseg.grouping.base import (
     Grouper,
     foreground_embeddings,
     masks_from_assignment,
     no_masks,
     random_generator,
-    squared_distances,
     subsample,
 )
 from embedseg.grouping.registry import GROUPERS

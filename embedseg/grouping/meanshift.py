@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from embedseg.distances import squared_distances
 from embedseg.grouping.base import (
     Grouper,
     foreground_embeddings,
@@ -10,7 +11,6 @@ from embedseg.grouping.base import (
     no_masks,
     pixel_values,
     random_generator,
-    squared_distances,
     subsample,
 )
 from embedseg.grouping.registry import GROUPERS
@@ -132,7 +132,7 @@ class MeanShiftGrouper(Grouper):
         while len(seeds) < self.seeds_per_round and eligible.any():
             j = int(torch.argmax(torch.where(eligible, priority, lowest)))
             seeds.append(j)
-            d2 = (xs_sq - 2.0 * (xs @ xs[j]) + xs_sq[j]).clamp_min_(0)
+            d2 = squared_distances(xs, xs[j:j + 1], xs_sq)[:, 0]
             eligible &= d2 >= self.bandwidth**2
             eligible[j] = False
         return torch.as_tensor(seeds, dtype=torch.long)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from embedseg.distances import squared_distances
 from embedseg.grouping.base import (
     Grouper,
     foreground_embeddings,
     no_masks,
     pixel_values,
     random_generator,
-    squared_distances,
     subsample,
 )
 from embedseg.grouping.registry import GROUPERS
@@ -101,7 +101,7 @@ class SeedsGrouper(Grouper):
             if seeds and gain[j] <= 0:  # every candidate left sits on a seed already
                 break
             seeds.append(j)
-            d2 = (xc_sq - 2.0 * (xc @ xc[j]) + xc_sq[j]).clamp_min_(0)
+            d2 = squared_distances(xc, xc[j:j + 1], xc_sq)[:, 0]
             min_sq_distance = torch.minimum(min_sq_distance, d2)
             eligible[j] = False
             if self.exclude_covered:

@@ -20,21 +20,23 @@ def compact_ids(instances: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ImageClusters:
-    """The instances of each image of a batch numbered 0..K_b-1, for losses on the dense [B, D, H*W] map.
+    """The instances of each image of a batch numbered 0..K_b-1, and their pixels gathered.
 
-    pixel_cluster[B, H*W]: cluster of each pixel, `max_clusters` (one spare slot) for background
-    and ignored pixels; size[B, max_clusters + 1]: pixels per cluster (the spare slot's too);
-    num_clusters[B]: K_b. Clusters are numbered in increasing id order, so relabelling the ids of an
-    image permutes its clusters and changes no loss value.
+    pixel[P]: flat index into the [B * H * W] batch of every pixel of an instance (background and
+    ignored pixels take no part); slot[P]: that pixel's cluster as b * K + k, with K = max_clusters;
+    size[B, K]: pixels per cluster (0 in the slots beyond an image's K_b); num_clusters[B]: K_b.
+    Clusters are numbered in increasing id order, so relabelling the ids of an image permutes its
+    clusters and changes no loss value. Work is proportional to the labelled pixels, not the map.
     """
 
-    pixel_cluster: torch.Tensor
+    pixel: torch.Tensor
+    slot: torch.Tensor
     size: torch.Tensor
     num_clusters: torch.Tensor
 
     @property
     def max_clusters(self) -> int:
-        return self.size.shape[1] - 1
+        return self.size.shape[1]
 
     @property
     def valid(self) -> torch.Tensor:
@@ -55,26 +57,32 @@ class ImageClusters:
                               device=ids.device).scatter_(1, ids, True)
         present[:, 0] = False
         num_clusters = present.sum(1)
-        spare = int(num_clusters.max()) if len(ids) else 0
+        k = int(num_clusters.max()) if len(ids) else 0
         rank = present.long().cumsum(1) - 1
-        pixel_cluster = torch.where(foreground, rank.gather(1, ids), spare)
-        size = torch.zeros(len(ids), spare + 1, dtype=torch.long, device=ids.device)
-        size.scatter_add_(1, pixel_cluster, torch.ones_like(pixel_cluster))
-        return cls(pixel_cluster, size, num_clusters)
+        pixel = torch.nonzero(foreground.flatten()).squeeze(1)
+        image = pixel // ids.shape[1]
+        slot = image * k + rank.flatten()[image * rank.shape[1] + ids.flatten()[pixel]]
+        size = torch.bincount(slot, minlength=len(ids) * k).view(len(ids), k)
+        return cls(pixel, slot, size, num_clusters)
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """values [B, D, H, W] -> [P, D] at the instance pixels."""
+        n = values.shape[2] * values.shape[3]
+        return values.flatten(2)[self.pixel // n, :, self.pixel % n]
 
     def sums(self, values: torch.Tensor) -> torch.Tensor:
-        """values [B, D, H*W] -> [B, D, max_clusters + 1] per-cluster sums (one scatter_add)."""
-        index = self.pixel_cluster.unsqueeze(1).expand_as(values)
-        return values.new_zeros(*values.shape[:2], self.max_clusters + 1).scatter_add_(2, index, values)
-
-    def at_pixels(self, table: torch.Tensor) -> torch.Tensor:
-        """table [B, D, max_clusters + 1] -> [B, D, H*W]: each pixel's cluster column (one gather)."""
-        index = self.pixel_cluster.unsqueeze(1).expand(*table.shape[:2], -1)
-        return table.gather(2, index)
+        """values [P] or [P, D] at the instance pixels -> [B, K] or [B, K, D] per-cluster sums."""
+        out = values.new_zeros((self.size.numel(), *values.shape[1:])).index_add_(0, self.slot, values)
+        return out.view(*self.size.shape, *values.shape[1:])
 
     def means(self, values: torch.Tensor) -> torch.Tensor:
-        """values [B, D, H*W] -> [B, D, max_clusters + 1] per-cluster means."""
-        return self.sums(values) / self.size.clamp_min(1).unsqueeze(1).to(values.dtype)
+        """values [P] or [P, D] at the instance pixels -> [B, K] or [B, K, D] per-cluster means."""
+        size = self.size.clamp_min(1).to(values.dtype)
+        return self.sums(values) / (size if values.dim() == 1 else size.unsqueeze(2))
+
+    def at_pixels(self, table: torch.Tensor) -> torch.Tensor:
+        """table [B, K, ...] per cluster -> [P, ...]: each instance pixel's cluster entry."""
+        return table.flatten(0, 1)[self.slot]
 
 
 def mean_over_images(per_image: torch.Tensor, has_instances: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
@@ -172,15 +180,3 @@ def gather_pixels(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values [B, C, H, W], index [B, M] flat pixel indices -> [B, M, C] (no copy of the whole map)."""
     b, c = values.shape[:2]
     return torch.gather(values.flatten(2), 2, index.unsqueeze(1).expand(b, c, -1)).transpose(1, 2)
-
-
-def pairwise_sq_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[B, M, D] x [B, N, D] -> [B, M, N] squared Euclidean distances, >= 0.
-
-    Expanded as |a|^2 + |b|^2 - 2 a.b (memory B*M*N, not B*M*N*D); both sets are shifted by the
-    mean of `a` first, which leaves distances unchanged and limits the cancellation error.
-    """
-    centre = a.mean(1, keepdim=True)
-    a, b = a - centre, b - centre
-    sq = a.pow(2).sum(-1).unsqueeze(2) + b.pow(2).sum(-1).unsqueeze(1) - 2 * torch.bmm(a, b.transpose(1, 2))
-    return sq.clamp_min(0)

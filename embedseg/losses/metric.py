@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedseg.losses.base import gather_pixels, mean_over_images, pairwise_sq_distance, sample_pixels
+from embedseg.distances import squared_distances
+from embedseg.losses.base import gather_pixels, mean_over_images, sample_pixels
 from embedseg.losses.registry import LOSSES
 
 # Squared distances of different-instance pairs are floored here before -log(1 - sigma): the
@@ -119,7 +120,7 @@ class MetricLoss(nn.Module):
             )
         sample = sample_pixels(instances, self.pixels_per_instance, self.max_pixels, self.include_background)
         x = gather_pixels(embedding, sample.index)  # [B, M, D]
-        sq = pairwise_sq_distance(x, x)  # [B, M, M]
+        sq = squared_distances(x, x)  # [B, M, M]
 
         # sum_{p != q} w_pq l_pq with w_pq = v_p v_q, v = 1 / n_group (0 in padding slots), as the
         # bilinear form v^T L v minus its diagonal: no [B, M, M] weight tensor is built.

@@ -30,9 +30,10 @@ class SeedDistanceLoss(nn.Module):
 
     def targets(self, embedding: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
         clusters = ImageClusters.build(instances)
-        x = embedding.detach().flatten(2)
+        x = clusters.gather(embedding.detach())
         sq = (x - clusters.at_pixels(clusters.means(x))).pow(2).sum(1)
-        target = torch.exp(-sq / (2 * self.sigma**2)) * (instances > 0).flatten(1)
+        target = embedding.new_zeros(instances.numel())
+        target[clusters.pixel] = torch.exp(-sq / (2 * self.sigma**2))
         return target.view_as(instances)
 
     def forward(self, seediness: torch.Tensor, embedding: torch.Tensor, instances: torch.Tensor):
