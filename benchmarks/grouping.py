@@ -45,15 +45,14 @@ from pathlib import Path
 # waiting (set before torch loads OpenMP; export OMP_WAIT_POLICY=ACTIVE to compare) avoids it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import numpy as np
+import torch
+from scipy import ndimage
 
-from embedseg.evaluation import evaluate_coco  # noqa: E402
-from embedseg.grouping import GROUPERS, build_grouper  # noqa: E402
-from embedseg.grouping.base import (as_tensor, foreground_embeddings, instances_from_masks,  # noqa: E402
-                                    masks_from_assignment)
-from embedseg.structures import Instances  # noqa: E402
+from embedseg.evaluation import evaluate_coco
+from embedseg.grouping import GROUPERS, build_grouper
+from embedseg.grouping.base import as_tensor, foreground_embeddings, instances_from_masks, masks_from_assignment
+from embedseg.structures import Instances
 
 MIN_SIZE = 20
 BANDWIDTH = 1.0

@@ -40,11 +40,11 @@ class Instances:
         return len(self.masks)
 
     @classmethod
-    def empty(cls, height: int, width: int) -> "Instances":
+    def empty(cls, height: int, width: int) -> Instances:
         return cls(np.zeros((0, height, width), bool), np.zeros(0), np.zeros(0, np.int64))
 
     @classmethod
-    def from_label_map(cls, label_map: np.ndarray, labels=None, scores=None) -> "Instances":
+    def from_label_map(cls, label_map: np.ndarray, labels=None, scores=None) -> Instances:
         """One instance per positive id of `label_map` (0 = background, negative = ignored).
 
         `labels` gives the class of each instance: an array aligned with the sorted ids, a dict
@@ -102,7 +102,7 @@ class Instances:
         return rles
 
     @classmethod
-    def from_rle(cls, rles: list[dict], scores, labels, image_size=None) -> "Instances":
+    def from_rle(cls, rles: list[dict], scores, labels, image_size=None) -> Instances:
         if len(rles) == 0:
             if image_size is None:
                 raise ValueError("from_rle needs image_size when there are no RLEs")
@@ -121,5 +121,5 @@ class Instances:
     def areas(self) -> np.ndarray:
         return self.masks.reshape(len(self), -1).sum(1)
 
-    def select(self, keep) -> "Instances":
+    def select(self, keep) -> Instances:
         return Instances(self.masks[keep], self.scores[keep], self.labels[keep])

@@ -6,12 +6,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401  (matplotlib.ticker.* below)
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+from scipy import ndimage
 
-from embedseg.structures import Instances  # noqa: E402
+from embedseg.structures import Instances
 
 
 def instance_colors(n: int, seed: int = 0) -> np.ndarray:

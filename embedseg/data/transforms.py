@@ -76,7 +76,7 @@ class TrainTransform:
         self.rotate_degrees, self.brightness, self.contrast, self.gamma = rotate_degrees, brightness, contrast, gamma
 
     @classmethod
-    def from_config(cls, data) -> "TrainTransform":
+    def from_config(cls, data) -> TrainTransform:
         """Build from a `DataConfig` (the `data:` block of an experiment)."""
         return cls(data.crop_size, data.flip, data.rot90, data.scale_range, data.rotate_degrees,
                    data.brightness, data.contrast, data.gamma)
@@ -165,10 +165,10 @@ def affine_crop(image: np.ndarray, inst: np.ndarray, sem: np.ndarray, size: tupl
     sy = cy + cos * oy[:, None] + sin * ox[None, :]
     sx = cx - sin * oy[:, None] + cos * ox[None, :]
     # resample only the source rows/columns the window touches (plus one pixel for bilinear)
-    y0 = max(0, int(math.floor(sy.min())) - 1)
-    y1 = min(height, int(math.ceil(sy.max())) + 1)
-    x0 = max(0, int(math.floor(sx.min())) - 1)
-    x1 = min(width, int(math.ceil(sx.max())) + 1)
+    y0 = max(0, math.floor(sy.min()) - 1)
+    y1 = min(height, math.ceil(sy.max()) + 1)
+    x0 = max(0, math.floor(sx.min()) - 1)
+    x1 = min(width, math.ceil(sx.max()) + 1)
     if y1 <= y0 or x1 <= x0:  # cannot happen for a window placed as above; keep shapes right anyway
         y0, y1, x0, x1 = 0, height, 0, width
     grid = torch.stack([2 * (sx - x0) / (x1 - x0) - 1, 2 * (sy - y0) / (y1 - y0) - 1], dim=-1)[None]

@@ -12,5 +12,16 @@ from embedseg.evaluation.matching import (
 )
 from embedseg.evaluation.tables import format_table, metric_columns
 
-__all__ = ["evaluate_coco", "evaluate_matching", "matching_ap", "sbd", "dic", "abs_dic", "map_r",
-           "pairwise_iou", "MATCHING_METRICS", "format_table", "metric_columns"]
+__all__ = [
+    "MATCHING_METRICS",
+    "abs_dic",
+    "dic",
+    "evaluate_coco",
+    "evaluate_matching",
+    "format_table",
+    "map_r",
+    "matching_ap",
+    "metric_columns",
+    "pairwise_iou",
+    "sbd",
+]

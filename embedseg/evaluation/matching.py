@@ -45,9 +45,9 @@ Every pairwise overlap of an image comes from one sparse product of pixel-member
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 from scipy import sparse
@@ -79,7 +79,7 @@ class _Regions:
     def __len__(self) -> int:
         return self.pixels.shape[0]
 
-    def select(self, keep: np.ndarray) -> "_Regions":
+    def select(self, keep: np.ndarray) -> _Regions:
         return _Regions(self.pixels[keep], self.scores[keep], self.labels[keep], self.image_size)
 
 

@@ -281,7 +281,7 @@ def test_real_cvppp_leaves_merged_pair_against_the_loop_definition(shared_data):
     folder = shared_data / "cvppp_a1" / "val" / "masks"
     if not folder.is_dir():
         pytest.skip(f"CVPPP A1 masks not found at {folder}")
-    path = sorted(folder.glob("*.png"))[0]
+    path = min(folder.glob("*.png"))
     gt = np.array(Image.open(path)).astype(np.int64)
     ids = [i for i in np.unique(gt) if i > 0]
     assert evaluate_matching([gt], [gt], ["sbd", "dic", "matching_ap"]) == {
@@ -297,7 +297,7 @@ def test_real_cvppp_leaves_merged_pair_against_the_loop_definition(shared_data):
 
 
 def test_config_validates_eval_metrics(tmp_path, tiny_config_file):
-    from embedseg.config import ConfigError, METRICS, load_config
+    from embedseg.config import METRICS, ConfigError, load_config
 
     assert METRICS == ("coco", *MATCHING_METRICS)
     config = load_config(tiny_config_file, ["eval.metrics=[coco, matching_ap, sbd]", "eval.iou_thresholds=[0.5, 0.75]"])
