@@ -375,6 +375,9 @@ def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
+SHOW_ORIGIN_COLUMN = 60
+
+
 def format_config(config: Config, origins: dict[str, str]) -> str:
     """The resolved config as YAML, every value followed by `# <origin>` (`default` where no file or
     --set gave it)."""
@@ -386,11 +389,13 @@ def format_config(config: Config, origins: dict[str, str]) -> str:
                 lines.append((f"{indent}{key}:", None))
                 walk(value, prefix + (key,), indent + "  ")
             else:
-                text = yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+                text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False)
+                text = text.removesuffix("\n...\n").strip()
                 lines.append((f"{indent}{key}: {text}", origins.get(_dotted(prefix + (key,)), "default")))
 
     walk(resolved_dict(config), (), "")
-    width = max(len(text) for text, origin in lines if origin is not None)
+    # origins in one column, except after the few lines longer than SHOW_ORIGIN_COLUMN
+    width = min(SHOW_ORIGIN_COLUMN, max(len(text) for text, origin in lines if origin is not None))
     return "\n".join(text if origin is None else f"{text.ljust(width)}  # {origin}" for text, origin in lines)
 
 

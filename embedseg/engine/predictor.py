@@ -43,8 +43,8 @@ class Predictor:
     same output as untiled. DeepLab's receptive field is larger and its ASPP image pooling sees
     one tile only, so tiled values differ from untiled ones; hence tile only images too large to
     run whole, with large tiles and a large overlap. tile_size=None never tiles. The default tiles only
-    images beyond 2048 pixels: a 1388x1040 image runs whole in under 1 GB (resnet18, CPU), and
-    tiling it would cost about 3.5x the time for no memory need. `channels_last` runs the network in
+    images beyond 2048 pixels: below that a whole image fits in memory, and tiles would repeat the
+    overlap's work for nothing. `channels_last` runs the network in
     that memory format (the config's train.channels_last; outputs are the same up to rounding).
     """
 
