@@ -4,7 +4,7 @@
 
 For a batch of B=4 images of 256x256 pixels with D=64 embeddings and K instances each, it times
 forward + backward of `discriminative` and `metric` (embedseg.losses) and of straightforward
-loop versions of the same formulas written here (loops over images, instances and instance
+loop versions of the same formulas (tests/loss_references.py: loops over images, instances and instance
 pairs), and prints a Markdown table:
 
 - time: best (minimum) wall-clock seconds of forward + backward over --repeats runs after one warm-up,
@@ -20,39 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from embedseg.losses import DiscriminativeLoss, MetricLoss
-from embedseg.losses.metric import MIN_SQ_DISTANCE
 
 # ----------------------------------------------------------------------------- loop versions (the baseline timed)
+# The loop formulas are the test suite's known answers (tests/loss_references.py); the benchmark adds
+# the loop version of the pixel sampling that the metric loss needs.
 
-
-def discriminative_loss_loop(embedding, instances, delta_v=0.5, delta_d=1.5, alpha=1.0, beta=1.0, gamma=0.001):
-    """DESIGN.md's discriminative loss with Python loops over images, instances and instance pairs."""
-    totals, n = {"var": 0.0, "dist": 0.0, "reg": 0.0}, 0
-    for b in range(embedding.shape[0]):
-        x = embedding[b].flatten(1).T
-        lab = instances[b].flatten()
-        ids = [i for i in lab.unique().tolist() if i > 0]
-        if not ids:
-            continue
-        n += 1
-        xs = [x[lab == i] for i in ids]
-        mus = [xi.mean(0) for xi in xs]
-        totals["var"] = totals["var"] + sum(
-            ((mu - xi).norm(dim=1) - delta_v).clamp_min(0).pow(2).mean() for mu, xi in zip(mus, xs)) / len(ids)
-        pairs = [(a, c) for a in range(len(ids)) for c in range(len(ids)) if a != c]
-        if pairs:
-            totals["dist"] = totals["dist"] + sum(
-                (2 * delta_d - (mus[a] - mus[c]).norm()).clamp_min(0).pow(2) for a, c in pairs) / len(pairs)
-        totals["reg"] = totals["reg"] + sum(mu.norm() for mu in mus) / len(ids)
-    out = {k: v / max(n, 1) for k, v in totals.items()}
-    out["loss"] = alpha * out["var"] + beta * out["dist"] + gamma * out["reg"]
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loss_references import discriminative_loss_loop, metric_loss_loop
 
 
 def sample_groups_loop(instances, per_group=32, max_pixels=1024, include_background=True):
@@ -78,43 +59,9 @@ def sample_groups_loop(instances, per_group=32, max_pixels=1024, include_backgro
     return samples
 
 
-def metric_loss_loop(embedding, instances, pixels_per_instance=32, max_pixels=1024, include_background=True,
-                     samples=None):
-    """Fathi et al.'s weighted pair loss (MetricLoss's docstring) with loops over images and group pairs.
-
-    sigma = 2 / (1 + exp(d^2)) written out directly; d^2 of different-group pairs floored at
-    MIN_SQ_DISTANCE as in the library (which also caps them at FAR_SQ_DISTANCE = 30: a difference
-    below 2e-13 per pair). `samples` (per image {id: pixels}) fixes the drawn pixels.
-    """
-    if samples is None:
-        samples = sample_groups_loop(instances, pixels_per_instance, max_pixels, include_background)
-    sums = {"loss": [], "same": [], "diff": []}
-    for b, groups in enumerate(samples):
-        x = embedding[b].flatten(1).T
-        xs = {i: x[pixels] for i, pixels in groups.items()}  # each group's embeddings, gathered once
-        num = {"same": 0.0, "diff": 0.0}
-        den = {"same": 0.0, "diff": 0.0}
-        for a, xa in xs.items():
-            for c, xc in xs.items():
-                d2 = (xa[:, None, :] - xc[None, :, :]).pow(2).sum(-1)
-                w = 1.0 / (len(xa) * len(xc))
-                if a == c:
-                    off_diagonal = ~torch.eye(len(xa), dtype=torch.bool)
-                    loss = -torch.log(2 / (1 + torch.exp(d2)))[off_diagonal]
-                    kind = "same"
-                else:
-                    sigma = 2 / (1 + torch.exp(d2.clamp_min(MIN_SQ_DISTANCE)))
-                    loss = -torch.log(1 - sigma)
-                    kind = "diff"
-                num[kind] = num[kind] + w * loss.sum()
-                den[kind] = den[kind] + w * loss.numel()
-        for kind in ("same", "diff"):
-            if den[kind] > 0:
-                sums[kind].append(num[kind] / den[kind])
-        if den["same"] + den["diff"] > 0:
-            sums["loss"].append((num["same"] + num["diff"]) / (den["same"] + den["diff"]))
-    zero = embedding.sum() * 0.0
-    return {k: sum(v) / len(v) if v else zero for k, v in sums.items()}
+def metric_loss_sampled_loop(embedding, instances):
+    """The metric loss's loop version on pixels drawn by `sample_groups_loop` (MetricLoss's defaults)."""
+    return metric_loss_loop(embedding, sample_groups_loop(instances))
 
 
 # ----------------------------------------------------------------------------- inputs and measuring
@@ -197,7 +144,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     losses = {"discriminative": {"vectorised": DiscriminativeLoss(), "loop": discriminative_loss_loop},
-              "metric": {"vectorised": MetricLoss(), "loop": metric_loss_loop}}
+              "metric": {"vectorised": MetricLoss(), "loop": metric_loss_sampled_loop}}
     inputs = {k: (make_instances(args.batch, args.size, k),
                   (0.5 * torch.randn(args.batch, args.dim, args.size, args.size)).requires_grad_(True))
               for k in args.instances}
