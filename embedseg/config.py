@@ -405,25 +405,25 @@ def show_config(path: str | Path, overrides: list[str] = ()) -> str:
     return format_config(config_from_dict(raw, where=str(path)), origins)
 
 
-def _check_postprocess(steps: Any, key: str) -> None:
-    """A grouper's `postprocess` list (or None): each entry a step name or {name: step, <params>}, with
-    the step's required params given and values the step accepts (it is built once to check them)."""
-    from embedseg.grouping import POSTPROCESS
+def _check_postprocess(steps: list | None, key: str) -> None:
+    """A grouper's `postprocess` list (its type is checked with the grouper's parameters): each entry
+    a known step with its required params, and values the step accepts (it is built once to check them)."""
+    from embedseg.grouping.registry import POSTPROCESS, step_block
 
-    if steps is not None and not isinstance(steps, list):
-        raise ConfigError(f"{key} = {steps!r} must be a list of steps, each a name or "
-                          f"{{name: step, <params>}}; choose from: {', '.join(POSTPROCESS.names())}")
     for i, entry in enumerate(steps or []):
-        name, params = _named_block({"name": entry} if isinstance(entry, str) else entry, POSTPROCESS,
-                                    f"{key}[{i}]")
-        POSTPROCESS.check_params(name, params, f"{key}[{i}]")
+        where = f"{key}[{i}]"
+        try:
+            name, params = step_block(entry, i)
+        except TypeError as e:
+            raise ConfigError(f"{key}: {e}") from None
+        POSTPROCESS.check_params(name, params, where)
         for p, spec in POSTPROCESS.parameters(name).items():
             if spec.default is spec.empty and p not in params:
-                raise ConfigError(f"{key}[{i}].{p} is missing; postprocess step {name!r} needs it")
+                raise ConfigError(f"{where}.{p} is missing; postprocess step {name!r} needs it")
         try:
-            POSTPROCESS.build(name, **params)
+            POSTPROCESS.get(name)(**params)
         except ValueError as e:
-            raise ConfigError(f"{key}[{i}]: {e}") from None
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def dump_config(config: Config, path: str | Path) -> None:

@@ -247,8 +247,7 @@ class TrainingRun:
         """One optimiser step on `batch`; returns the loss terms and the gradient norm before clipping."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
             outputs = self.model(batch["image"].contiguous(memory_format=memory_format(self.config)))
-        # float32 losses (a no-op without bf16); contiguous: the losses read whole channel planes
-        outputs = {k: v.float().contiguous() for k, v in outputs.items()}
+        outputs = {k: v.float() for k, v in outputs.items()}  # losses in float32 (a no-op without bf16)
         losses = self.criterion(outputs, batch, step=self.step)  # step: ramps of the loss weights
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -17,8 +17,8 @@ Every grouper runs the same three stages (`Grouper.__call__`):
 Arrays may be numpy or torch; groupers work in torch on the CPU. A new grouper is one new file:
 a `Grouper` subclass registered with `@GROUPERS.register("name")` (embedseg.grouping.registry)
 whose __init__ takes its parameters plus `postprocess` and whose `propose` uses the pixel helpers
-below: the foreground pixels and their embeddings, sampling, squared distances by matrix
-products, and masks from a pixel -> cluster assignment.
+below (the foreground pixels and their embeddings, sampling, masks from a pixel -> cluster
+assignment) and `embedseg.distances.squared_distances`.
 """
 from __future__ import annotations
 

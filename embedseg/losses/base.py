@@ -26,7 +26,8 @@ class ImageClusters:
     ignored pixels take no part); slot[P]: that pixel's cluster as b * K + k, with K = max_clusters;
     size[B, K]: pixels per cluster (0 in the slots beyond an image's K_b); num_clusters[B]: K_b.
     Clusters are numbered in increasing id order, so relabelling the ids of an image permutes its
-    clusters and changes no loss value. Work is proportional to the labelled pixels, not the map.
+    clusters and changes no loss value. `build` scans the map once; the losses' per-pixel work is on
+    the labelled pixels only.
     """
 
     pixel: torch.Tensor

@@ -120,6 +120,7 @@ class MetricLoss(nn.Module):
             )
         sample = sample_pixels(instances, self.pixels_per_instance, self.max_pixels, self.include_background)
         x = gather_pixels(embedding, sample.index)  # [B, M, D]
+        x = x - x.mean(1, keepdim=True)  # centred: no regulariser keeps these embeddings near the origin
         sq = squared_distances(x, x)  # [B, M, M]
 
         # sum_{p != q} w_pq l_pq with w_pq = v_p v_q, v = 1 / n_group (0 in padding slots), as the
