@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -18,27 +16,25 @@ TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP")
 # ----------------------------------------------------------------------------- shared steps
 
 
-def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], grouper_names: list[str],
-                        split: str) -> dict:
-    """Evaluate groupers on one split; print the table; merge into metrics.json; draw overlays."""
+def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names: list[str], split: str,
+                        overwrite_overlays: bool) -> dict:
+    """Evaluate groupers on one split; print the table; record the scores in metrics.json (under
+    "<split>[:N]" when only the first N images were scored); draw the overlays (over an existing
+    figure only with `overwrite_overlays`)."""
     from embedseg.engine.evaluator import compare_groupers
     from embedseg.evaluation.tables import format_table, metric_columns
     from embedseg.viz import plot_grouping_comparison
 
     ev = config.eval
-    results, run = compare_groupers(config, model, class_names, grouper_names, split, ev.max_images,
+    results, run = compare_groupers(config, model, ckpt["class_names"], grouper_names, split, ev.max_images,
                                     metrics=ev.metrics)
-
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    metrics.setdefault(split, {}).update(results)
-    tmp = metrics_path.with_name("metrics.json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, metrics_path)
-
-    figure = plot_grouping_comparison(run.images, run.ground_truth[: len(run.images)],
-                                      {n: p[: len(run.images)] for n, p in run.predictions.items()},
-                                      run_dir / f"overlays_{split}.png")
+    key, notes = record_scores(run_dir, config, ckpt, split, results, run)
+    figure = run_dir / f"overlays_{split}.png"
+    if figure.exists() and not overwrite_overlays:
+        notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
+    else:
+        plot_grouping_comparison(run.images, run.ground_truth[: len(run.images)],
+                                 {n: p[: len(run.images)] for n, p in run.predictions.items()}, figure)
     keys = metric_columns(results, TABLE_KEYS)  # the columns of the metrics the config asked for
     coco = (f"COCO mask AP with maxDets {ev.max_dets}, class-aware unless marked agnostic; "
             if "coco" in ev.metrics else "")
@@ -50,8 +46,24 @@ def evaluate_and_report(run_dir: Path, config, model, class_names: list[str], gr
     print(f"\nnetwork {np.median(run.network_ms):.1f} ms/image (median); "
           + "; ".join(f"{n}: {t['group ms (median)']:.1f} ms, {t['inst/img']:.1f} instances/image"
                       for n, t in timing.items()))
-    print(f"metrics: {metrics_path}\nfigure:  {figure}")
+    print(f"metrics: {run_dir / 'metrics.json'} (entry {key!r})\nfigure:  {figure}")
+    for note in notes:
+        print(f"note: {note}")
     return results
+
+
+def record_scores(run_dir: Path, config, ckpt: dict, split: str, results: dict, run) -> tuple[str, list[str]]:
+    """Merge `results` into metrics.json with what they were scored on: (the entry's key, notes on
+    entries replaced that had been scored otherwise)."""
+    from embedseg.engine.metrics_file import grouper_parameters, metrics_key, record_metrics, scored_on
+    from embedseg.engine.run import find_checkpoint
+
+    checkpoint = find_checkpoint(run_dir).name
+    provenance = {name: scored_on(split, run.names, run.split_images, grouper_parameters(name, config.grouping.get(name)),
+                                  config.eval.max_dets, checkpoint, ckpt.get("step"))
+                  for name in results}
+    key = metrics_key(split, len(run.names), run.split_images)
+    return key, record_metrics(run_dir / "metrics.json", key, results, provenance)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -68,7 +80,8 @@ def cmd_train(args) -> int:
     if args.no_eval:
         return 0
     config, model, ckpt = load_run(run_dir)
-    evaluate_and_report(run_dir, config, model, ckpt["class_names"], list(config.grouping), config.eval.split)
+    # the run's own figure: a resumed run redraws it
+    evaluate_and_report(run_dir, config, model, ckpt, list(config.grouping), config.eval.split, overwrite_overlays=True)
     return 0
 
 
@@ -80,13 +93,15 @@ def cmd_evaluate(args) -> int:
         overrides.append(f"eval.max_images={args.max_images}")
     config, model, ckpt = load_run(args.run_dir, overrides)
     names = args.grouping.split(",") if args.grouping else list(config.grouping)
-    evaluate_and_report(Path(args.run_dir), config, model, ckpt["class_names"], names, args.split or config.eval.split)
+    evaluate_and_report(Path(args.run_dir), config, model, ckpt, names, args.split or config.eval.split,
+                        overwrite_overlays=args.overwrite)
     return 0
 
 
 def cmd_compare_grouping(args) -> int:
     from embedseg.engine.evaluator import compare_groupers, format_grouping_table
     from embedseg.engine.run import load_run
+    from embedseg.outputs import write_json, write_text
     from embedseg.viz import plot_ap_vs_time, plot_grouping_comparison
 
     run_dir = Path(args.run_dir)
@@ -110,9 +125,9 @@ def cmd_compare_grouping(args) -> int:
              f"maxDets {config.eval.max_dets}), instances per image, grouping time per image (network "
              f"{network_ms:.1f} ms/image, run once for all groupers)")
     table = format_grouping_table(results)
-    paths["table"].write_text(f"{title}\n\n{table}\n")
-    paths["json"].write_text(json.dumps({"split": split, "num_images": len(run.ground_truth),
-                                         "network_ms_median": network_ms, "groupers": results}, indent=2))
+    write_text(paths["table"], f"{title}\n\n{table}\n")
+    write_json(paths["json"], {"split": split, "num_images": len(run.ground_truth), "network_ms_median": network_ms,
+                               "groupers": results}, indent=2)
     n = len(run.images)
     plot_grouping_comparison(run.images, run.ground_truth[:n], {k: p[:n] for k, p in run.predictions.items()},
                              paths["overlays"])
@@ -123,42 +138,20 @@ def cmd_compare_grouping(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from PIL import Image
-
-    from embedseg.data.io import IMAGE_EXTENSIONS, read_image
+    from embedseg.engine.prediction import check_out_folder, list_images, output_stems, write_predictions
     from embedseg.engine.run import build_groupers, build_predictor, load_run
-    from embedseg.viz import save_overlay
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"output directory {out} is not empty; use --overwrite or choose another --out")
-    paths = []
-    for p in map(Path, args.images):
-        paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTENSIONS) if p.is_dir() else [p]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    out = Path(args.out).resolve() if Path(args.out).is_symlink() else Path(args.out)
+    check_out_folder(out, args.overwrite)  # before the slow part
+    paths = list_images(args.images)
+    stems = output_stems(paths)
     config, model, ckpt = load_run(args.run_dir, args.set)
     name = args.grouping or next(iter(config.grouping))
     grouper = build_groupers(config, [name])[name]
     predictor = build_predictor(config, model)
-    out.mkdir(parents=True, exist_ok=True)
-    results, images = [], []
-    from tqdm import tqdm
-
-    for image_id, path in enumerate(tqdm(paths, desc="predict", disable=None)):
-        image = read_image(path)
-        instances = grouper(predictor(image))
-        label_map = instances.to_label_map()
-        label_png = Image.fromarray(label_map.astype(np.uint16 if label_map.max() > 255 else np.uint8))
-        label_png.save(out / f"{path.stem}.png")
-        save_overlay(image, instances, out / f"{path.stem}_overlay.png")
-        results += [dict(r, file_name=path.name) for r in instances.to_coco_results(image_id)]
-        images.append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
-    categories = [{"id": i + 1, "name": n} for i, n in enumerate(ckpt["class_names"])]
-    (out / "predictions.json").write_text(json.dumps(results))
-    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}))
-    print(f"{len(paths)} image(s), {len(results)} instances ({name}) -> {out}")
+    count = write_predictions(out, paths, stems, lambda image: grouper(predictor(image)), ckpt["class_names"],
+                              args.overwrite)
+    print(f"{len(paths)} image(s), {count} instances ({name}) -> {out}")
     return 0
 
 
@@ -227,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--grouping", help="grouper name(s), comma separated (default: all in the config)")
     p.add_argument("--split", help="split to evaluate (default: eval.split of the config)")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images (stored in metrics.json "
+                                                  "under '<split>[:N]', apart from the whole split's scores)")
+    p.add_argument("--overwrite", action="store_true", help="redraw overlays_<split>.png when it exists")
     add_set(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -248,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--grouping", help="grouper name (default: the first in the config)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous prediction in --out (never "
+                                                            "a folder that holds anything else)")
     add_set(p)
     p.set_defaults(func=cmd_predict)
 

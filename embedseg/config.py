@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from embedseg.outputs import write_text
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and the file."""
@@ -427,4 +429,4 @@ def _check_postprocess(steps: list | None, key: str) -> None:
 
 
 def dump_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

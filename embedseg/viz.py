@@ -11,6 +11,7 @@ import matplotlib.ticker
 import numpy as np
 from scipy import ndimage
 
+from embedseg.outputs import atomic_path
 from embedseg.structures import Instances
 
 
@@ -34,7 +35,8 @@ def overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.
 
 
 def save_overlay(image: np.ndarray, instances: Instances, path: str | Path) -> None:
-    plt.imsave(path, overlay(image, instances.to_label_map()))
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, overlay(image, instances.to_label_map()))
 
 
 def plot_grouping_comparison(images: list[np.ndarray], ground_truth: list[Instances],
@@ -55,7 +57,8 @@ def plot_grouping_comparison(images: list[np.ndarray], ground_truth: list[Instan
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -87,6 +90,7 @@ def plot_ap_vs_time(results: dict[str, dict], path: str | Path, title: str | Non
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)

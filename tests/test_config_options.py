@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedseg.config import load_config
+from embedseg.config import ConfigError, load_config
 from embedseg.engine import trainer
 from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.evaluator import compare_groupers
@@ -67,8 +67,9 @@ def test_weight_decay_and_grad_clip(tmp_path, tiny_config_file):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_device_cuda_without_a_gpu_is_an_error(tmp_path, tiny_config_file):
-    with pytest.raises(RuntimeError, match="train.device = 'cuda' but torch sees no CUDA device"):
+    with pytest.raises(ConfigError, match="train.device = 'cuda' but torch sees no CUDA device"):
         train(load_config(tiny_config_file, ["train.device=cuda"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # checked before the run directory is written
 
 
 def test_num_overlays_keeps_that_many_images(tiny_config_file):

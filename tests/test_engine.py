@@ -112,7 +112,9 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
                  "--set", "data.split_params.test.num_images=2", "--set", "eval.metrics=[map_r]",
                  "--set", "eval.map_r_thresholds=[0.5,0.7]"]) == 0
     assert "map_r on test (1 images)" in capsys.readouterr().out  # eval.max_images
-    scores = json.loads((run_dir / "metrics.json").read_text())["test"]["components"]
+    partial = json.loads((run_dir / "metrics.json").read_text())
+    assert partial["test"] == metrics["test"]  # the first image alone is stored apart from the whole split
+    scores = partial["test[:1]"]["components"]
     assert {"mAPr50", "mAPr70", "mAPr"} <= set(scores) and "mAPr60" not in scores  # eval.map_r_thresholds
 
     images = tmp_path / "images"

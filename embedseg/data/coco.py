@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -61,6 +61,17 @@ def annotation_rle(ann: dict, height: int, width: int, source: Path) -> dict:
         counts = segm["counts"].encode("ascii") if isinstance(segm["counts"], str) else segm["counts"]
         return {"size": segm["size"], "counts": counts}
     raise ValueError(f"{where}: segmentation must be polygons or an RLE dict, got {type(segm).__name__}")
+
+
+def check_file_name(info: dict, source: Path) -> None:
+    """Refuse an image entry whose `file_name` is missing, absolute or climbs out of the image folder."""
+    if not isinstance(info, dict) or not isinstance(info.get("file_name"), str) or not info["file_name"]:
+        raise ValueError(f"{source}: image entry {str(info)[:80]} has no file_name (expected a path relative "
+                         "to the image folder)")
+    name, where = info["file_name"], f"{source}: image id {info.get('id')}"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor or ".." in PureWindowsPath(name).parts:
+        raise ValueError(f"{where}: file_name {name!r} points outside the image folder (absolute, or with '..'); "
+                         "expected a path relative to the image folder")
 
 
 def paint_instances(masks: np.ndarray, crowd: np.ndarray | None) -> np.ndarray:
@@ -127,6 +138,8 @@ class CocoDataset(Dataset):
             if int(ann["category_id"]) in self.class_of_category:
                 self.annotations[int(ann["image_id"])].append(ann)
         self.images = list(data["images"])
+        for info in self.images:
+            check_file_name(info, self.annotation_file)
         if skip_empty:
             self.images = [im for im in self.images
                            if any(not a.get("iscrowd", 0) for a in self.annotations.get(int(im["id"]), ()))]

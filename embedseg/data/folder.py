@@ -35,6 +35,7 @@ from embedseg.data.io import (
     resolve_root,
 )
 from embedseg.data.registry import DATASETS
+from embedseg.outputs import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path
     dirs = {sub: split_dir / sub for sub in ("images", "masks", "semantic")}
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
-    classes_file.write_text("".join(f"{c}\n" for c in class_names))
+    write_text(classes_file, "".join(f"{c}\n" for c in class_names))
 
     seen: set[str] = set()
     for index in tqdm(range(len(dataset)), desc=f"writing {split}", unit="img", disable=None):
@@ -247,8 +248,8 @@ def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path
             )
         masks = _label_png(sample["instances"], "instances", name)
         semantic = _label_png(sample["semantic"], "semantic", name)
-        Image.fromarray(image).save(dirs["images"] / f"{name}.png")
-        masks.save(dirs["masks"] / f"{name}.png")
-        semantic.save(dirs["semantic"] / f"{name}.png")
+        for folder, png in (("images", Image.fromarray(image)), ("masks", masks), ("semantic", semantic)):
+            with atomic_path(dirs[folder] / f"{name}.png") as tmp:
+                png.save(tmp)
     logger.info("wrote %d samples to %s", len(seen), split_dir)
     return out_dir

@@ -1,7 +1,6 @@
 """Checkpoints of plain data (state dicts, step, RNG states, config dict, version), written atomically."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -9,15 +8,13 @@ import numpy as np
 import torch
 
 import embedseg
+from embedseg.outputs import atomic_path
 
 
 def save_checkpoint(path: str | Path, **state) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(state, version=embedseg.__version__), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state, version=embedseg.__version__), tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -23,6 +23,8 @@ class GroupingRun:
     group_ms: dict = field(default_factory=dict)  # grouper -> ms per image
     network_ms: list = field(default_factory=list)
     images: list = field(default_factory=list)  # the first few images, for figures
+    names: list = field(default_factory=list)  # name of every image scored (its image_id where it has none)
+    split_images: int = 0  # images in the split, of which the first len(names) were scored
 
 
 def ground_truth_instances(sample: dict) -> Instances:
@@ -31,7 +33,8 @@ def ground_truth_instances(sample: dict) -> Instances:
 
 def run_groupers(predictor, dataset, groupers: dict, max_images: int | None = None, keep_images: int = 4,
                  progress: bool = True) -> GroupingRun:
-    run = GroupingRun(predictions={n: [] for n in groupers}, group_ms={n: [] for n in groupers})
+    run = GroupingRun(predictions={n: [] for n in groupers}, group_ms={n: [] for n in groupers},
+                      split_images=len(dataset))
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     for i in tqdm(range(n), desc="evaluate", disable=None if progress else True, leave=False):
         sample = dataset[i]
@@ -43,6 +46,7 @@ def run_groupers(predictor, dataset, groupers: dict, max_images: int | None = No
             run.predictions[name].append(grouper(outputs))
             run.group_ms[name].append(1000 * (time.perf_counter() - t0))
         run.ground_truth.append(ground_truth_instances(sample))
+        run.names.append(str(sample.get("name", sample["image_id"])))
         ignore = sample["instances"] < 0
         run.crowd.append(ignore if ignore.any() else None)
         if i < keep_images:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedseg.config import Config, config_from_dict, load_config
+from embedseg.config import Config, ConfigError, config_from_dict, load_config
 from embedseg.data import build_dataset
 from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.predictor import Predictor
@@ -25,7 +25,8 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device (is a CUDA build of torch installed?)")
+        raise ConfigError("train.device = 'cuda' but torch sees no CUDA device (is a CUDA build of torch installed?); "
+                          "use train.device: auto or cpu")
     return torch.device(name)
 
 

@@ -1,16 +1,17 @@
 """The training loop: config in, run directory out.
 
-`train` reads as the steps of a run: open the run directory, seed, build the parts, restore them
-from the last checkpoint when resuming, then `TrainingRun.fit` steps the optimiser, logging,
-evaluating and checkpointing as the config asks.
+`train` reads as the steps of a run: check the run directory, seed, build the parts (data set,
+device, network), only then write the run directory, restore the parts from the last checkpoint
+when resuming, and `TrainingRun.fit` steps the optimiser, logging, evaluating and checkpointing as
+the config asks.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from embedseg.engine.run import (
     select_device,
 )
 from embedseg.losses import build_criterion
+from embedseg.outputs import describe_entries, write_text, written_name
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,13 @@ log = logging.getLogger(__name__)
 def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Train the model of `config`, writing config.yaml, env.txt, log.jsonl and checkpoints/."""
     run_dir = Path(run_dir)
-    open_run_dir(config, run_dir, resume, overwrite)
+    check_run_dir(run_dir, resume, overwrite)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)  # before env.txt, which records the thread count
     seed_everything(config.seed)
+    # data set, device and network first: a start that fails on them leaves the run directory untouched
     run = TrainingRun.build(config, run_dir, select_device(config.train.device))
+    open_run_dir(config, run_dir, resume, overwrite)
     if resume:
         run.restore(run_dir / "checkpoints" / "last.pt")
     run.fit()
@@ -52,31 +58,79 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
 
 # ----------------------------------------------------------------------------- the run directory
 
+# What train, evaluate and compare-grouping write into a run directory (checkpoints/ holds
+# CHECKPOINT_FILES). `--overwrite` removes these and nothing else, and refuses a folder that holds more.
+RUN_FILES = ("config.yaml", "env.txt", "log.jsonl", "metrics.json", "overlays_*.png",
+             "grouping_*.md", "grouping_*.json", "grouping_*.png")
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+
+
+def run_entries(run_dir: Path) -> tuple[list[Path], list[str]]:
+    """(files a run wrote, names of everything else) in `run_dir`; checkpoints/ is looked into."""
+    ours, foreign = [], []
+
+    def classify(entry: Path, patterns: tuple[str, ...], name: str) -> None:
+        is_ours = entry.is_file() and not entry.is_symlink() and \
+            any(fnmatch.fnmatchcase(written_name(entry.name), p) for p in patterns)
+        if is_ours:
+            ours.append(entry)
+        else:
+            foreign.append(name + ("/" if entry.is_dir() else ""))
+
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+            for checkpoint in sorted(entry.iterdir()):
+                classify(checkpoint, CHECKPOINT_FILES, f"checkpoints/{checkpoint.name}")
+        else:
+            classify(entry, RUN_FILES, entry.name)
+    return ours, foreign
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is built or written, an --out that training may not use.
+
+    A new run needs an empty or missing folder; `resume` one with checkpoints/last.pt; `overwrite`
+    one that holds a previous run (config.yaml and env.txt) and nothing a run does not write.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").is_file():
+            where = "does not exist" if not run_dir.is_dir() else "holds no checkpoints/last.pt"
+            raise FileNotFoundError(f"--resume: run directory {run_dir} {where}; there is no run to continue")
+        return
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    _, foreign = run_entries(run_dir)
+    if foreign or not all((run_dir / name).is_file() for name in ("config.yaml", "env.txt")):
+        held = f"holds {describe_entries(foreign)}, which no run writes" if foreign else "is not a run directory"
+        raise FileExistsError(f"--out {run_dir} {held}; training (even with --overwrite) never replaces it: "
+                              "choose another --out")
+    if not overwrite and not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise FileExistsError(f"run directory {run_dir} holds a run that stopped before its first checkpoint; "
+                              "use --overwrite to replace it, or --out to choose another directory")
+    if not overwrite:
+        raise FileExistsError(f"run directory {run_dir} holds a run; use --resume to continue it, --overwrite "
+                              "to replace it, or --out to choose another directory")
+
 
 def open_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Make (or reuse, when resuming) the run directory and write config.yaml and env.txt into it."""
-    prepare_run_dir(run_dir, resume, overwrite)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)  # before env.txt, which records the thread count
+    """Make (or reuse, when resuming) the run directory and write config.yaml and env.txt into it.
+
+    With `overwrite`, a previous run's files are removed first (checked again, so that nothing a user
+    put there meanwhile is removed).
+    """
+    if overwrite and not resume and run_dir.is_dir():
+        check_run_dir(run_dir, resume, overwrite)
+        ours, _ = run_entries(run_dir)
+        for path in sorted(ours, key=lambda p: p.name in ("config.yaml", "env.txt")):  # recognisable to the end
+            path.unlink()
+        if (run_dir / "checkpoints").is_dir():
+            (run_dir / "checkpoints").rmdir()
+    run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(config, run_dir / "config.yaml")
     write_env(run_dir / "env.txt")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked to resume it or overwrite it."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if resume:
-            return
-        if not overwrite:
-            raise FileExistsError(
-                f"run directory {run_dir} exists and is not empty; use --resume to continue it, "
-                f"--overwrite to replace it, or --out to choose another directory"
-            )
-        shutil.rmtree(run_dir)
-    elif resume:
-        raise FileNotFoundError(f"--resume: run directory {run_dir} does not exist")
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def write_env(path: Path) -> None:
@@ -88,7 +142,7 @@ def write_env(path: Path) -> None:
         f"threads {torch.get_num_threads()}",
         "argv " + " ".join(sys.argv),
     ]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------- schedule, precision, data

@@ -142,3 +142,19 @@ def test_shared_sample_matches_its_id_masks(shared_data):
         assert np.array_equal(s["semantic"] == -1, ignore)
         total += int(masks.max())
     assert total == 40
+
+
+@pytest.mark.parametrize("file_name", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
+def test_file_name_outside_the_image_folder_is_refused(coco_sample, samples, file_name):
+    outside = coco_sample / "outside.png"  # an image the entry would read if it were followed
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(outside)
+    file_name = str(outside) if file_name == "ABSOLUTE" else file_name
+    annotations = coco_sample / "annotations" / "instances_val.json"
+    data = json.loads(annotations.read_text())
+    data["images"][1]["file_name"] = file_name  # image id 9
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as error:
+        CocoDataset(str(coco_sample), "val", **samples.COCO_PARAMS)
+    message = str(error.value)
+    assert str(annotations) in message and "image id 9" in message and repr(file_name) in message
+    assert "outside the image folder" in message and "\n" not in message
