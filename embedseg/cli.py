@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -71,12 +72,25 @@ def record_scores(run_dir: Path, config, ckpt: dict, split: str, results: dict, 
 
 def cmd_train(args) -> int:
     from embedseg.config import load_config
+    from embedseg.engine.faults import NonFiniteError, TrainingInterrupted
     from embedseg.engine.run import load_run
     from embedseg.engine.trainer import train
 
     config = load_config(args.config, args.set)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
-    train(config, run_dir, resume=args.resume, overwrite=args.overwrite)
+    resume = " ".join(["embedseg train", shlex.quote(args.config), *(f"--set {shlex.quote(s)}" for s in args.set),
+                       "--out", shlex.quote(str(run_dir)), "--resume"])
+    try:
+        train(config, run_dir, resume=args.resume, overwrite=args.overwrite)
+    except TrainingInterrupted as e:  # SIGINT or SIGTERM: last.pt was saved after the current step
+        print(f"embedseg train: {e}; continue with: {resume}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's step was finishing
+        print(f"embedseg train: stopped at once; continue from the last checkpoint with: {resume}", file=sys.stderr)
+        return 130
+    except NonFiniteError as e:
+        print(f"embedseg train: error: {e}", file=sys.stderr)
+        return 2
     if args.no_eval:
         return 0
     config, model, ckpt = load_run(run_dir)
@@ -211,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
     add_set(p)
     p.add_argument("--out", help="run directory (default runs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from checkpoints/last.pt, with the config it started with "
+                        "(SIGINT or SIGTERM save last.pt and exit with status 130 or 143)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     p.set_defaults(func=cmd_train)

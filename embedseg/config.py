@@ -68,6 +68,12 @@ class TrainConfig:
     # native bfloat16 (the trainer warns where it has not); inference stays float32
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # torch.use_deterministic_algorithms and the CUDA settings it needs, for runs that must repeat bit
+    # for bit (a resumed run then continues exactly as an uninterrupted one); slower on a GPU
+    deterministic: bool = False
+    # a step whose loss or gradients hold a NaN or an infinity, found before the weights change:
+    # stop (end the run, keeping the last checkpoint) | skip (leave the weights, count it in log.jsonl)
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -106,6 +112,7 @@ class Config:
 
 SCHEDULES = ("poly", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+ON_NONFINITE = ("stop", "skip")
 METRICS = ("coco", "matching_ap", "sbd", "dic", "map_r")  # "coco" + evaluation.MATCHING_METRICS
 
 
@@ -342,6 +349,7 @@ def _validate(config: Config) -> None:
         DATASETS.check_params(config.data.dataset["name"], params, f"data.split_params.{split}", ("split",))
     _check_choice(config.train.schedule, SCHEDULES, "train.schedule")
     _check_choice(config.train.device, DEVICES, "train.device")
+    _check_choice(config.train.on_nonfinite, ON_NONFINITE, "train.on_nonfinite")
     if not config.eval.metrics:
         raise ConfigError(f"eval.metrics needs at least one metric; choose from: {', '.join(METRICS)}")
     for i, metric in enumerate(config.eval.metrics):

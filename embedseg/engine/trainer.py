@@ -1,19 +1,32 @@
 """The training loop: config in, run directory out.
 
-`train` reads as the steps of a run: check the run directory, seed, build the parts (data set,
-device, network), only then write the run directory, restore the parts from the last checkpoint
-when resuming, and `TrainingRun.fit` steps the optimiser, logging, evaluating and checkpointing as
-the config asks.
+`train` reads as the steps of a run: check the run directory, take the checkpoint to resume from
+(refused when the config trains differently), seed, build the parts (data set, device, network), only
+then write the run directory, restore the parts, and `TrainingRun.fit` steps the optimiser, logging,
+evaluating and checkpointing as the config asks.
+
+A run survives being stopped: last.pt holds the weights, the optimiser, the schedule, every RNG
+state and the step, and the step fixes the place in the epoch, so `--resume` continues with the
+very next batch. With `train.deterministic` and `train.num_workers: 0` the resumed run ends with the
+weights of an uninterrupted one, bit for bit; with worker processes only when it stopped at the end
+of an epoch (workers that start afresh draw other augmentations for the rest of one). SIGINT and
+SIGTERM finish the current step, save last.pt and raise `TrainingInterrupted`. A non-finite loss or
+gradient is caught before the optimiser steps (`train.on_nonfinite`), and no checkpoint is ever
+written with non-finite weights.
 """
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -22,10 +35,18 @@ import torch
 from tqdm import tqdm
 
 import embedseg
-from embedseg.config import Config, dump_config
+from embedseg.config import Config, ConfigError, config_from_dict, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
-from embedseg.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from embedseg.engine.checkpoint import changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from embedseg.engine.evaluator import run_groupers, score_groupers
+from embedseg.engine.faults import (
+    NonFiniteError,
+    StopSignals,
+    TrainingInterrupted,
+    first_nonfinite_entry,
+    ignore_stop_signals,
+    nonfinite_fault,
+)
 from embedseg.engine.run import (
     build_groupers,
     build_network,
@@ -44,15 +65,18 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
     """Train the model of `config`, writing config.yaml, env.txt, log.jsonl and checkpoints/."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume, overwrite)
+    checkpoint = resumable_checkpoint(config, run_dir) if resume else None
     if config.train.threads:
         torch.set_num_threads(config.train.threads)  # before env.txt, which records the thread count
-    seed_everything(config.seed)
-    # data set, device and network first: a start that fails on them leaves the run directory untouched
-    run = TrainingRun.build(config, run_dir, select_device(config.train.device))
-    open_run_dir(config, run_dir, resume, overwrite)
-    if resume:
-        run.restore(run_dir / "checkpoints" / "last.pt")
-    run.fit()
+    with deterministic_algorithms(config.train.deterministic):
+        seed_everything(config.seed)
+        # data set, device and network first: a start that fails on them leaves the run directory untouched
+        run = TrainingRun.build(config, run_dir, select_device(config.train.device))
+        open_run_dir(config, run_dir, resume, overwrite)
+        if checkpoint is not None:
+            run.restore(checkpoint)
+        with StopSignals() as stop:
+            run.fit(stop)
     return run_dir
 
 
@@ -169,16 +193,15 @@ def fast_bf16(device: torch.device) -> bool:
                                                                        "_is_amx_tile_supported"))
 
 
-def infinite_batches(dataset, batch_size: int, num_workers: int, seed: int, start_epoch: int = 0):
-    """Shuffled batches forever; each epoch reshuffles with its own seed (reproducible on resume)."""
-    epoch = start_epoch
-    while True:
-        generator = torch.Generator().manual_seed(seed + epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                             num_workers=num_workers, generator=generator,
-                                             persistent_workers=False)
-        yield from loader
-        epoch += 1
+def epoch_loader(dataset, batch_size: int, num_workers: int, seed: int, skip: int = 0):
+    """The batches of one epoch from batch `skip` on: a shuffle drawn from `seed` (the same whatever
+    `skip`), the incomplete last batch dropped; the workers' seeds come from the same generator."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator), batch_size,
+                                          drop_last=True)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=itertools.islice(order, skip, None),
+                                       num_workers=num_workers, generator=generator,
+                                       worker_init_fn=ignore_stop_signals if num_workers else None)
 
 
 def training_dataset(config: Config):
@@ -199,6 +222,69 @@ def validation_ap(config: Config, model, train_dataset) -> float:
     return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
 
 
+# ----------------------------------------------------------------------------- resuming, determinism
+
+# Keys that cannot change what a run computes: a run may be resumed with them changed (evaluation
+# leaves the training RNGs as it found them; on_nonfinite acts only where a run without it stops).
+RESUME_FREE_KEYS = ("name", "train.log_every", "train.checkpoint_every", "train.eval_every", "train.on_nonfinite",
+                    "data.val_split", "eval", "grouping")
+
+
+def resumable_checkpoint(config: Config, run_dir: Path) -> dict:
+    """checkpoints/last.pt of the run, refused (ConfigError naming the keys) when it was trained with a
+    config that differs in a key that changes the training."""
+    path = run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    free = RESUME_FREE_KEYS
+    if config.data.val_split != config.data.train_split:
+        free += (f"data.split_params.{config.data.val_split}",)
+    saved = config_from_dict(checkpoint["config"], where=str(path)).to_dict()  # keys added since: their defaults
+    changed = {key: values for key, values in changed_keys(saved, config.to_dict()).items()
+               if not any(key == k or key.startswith(k + ".") for k in free)}
+    if changed:
+        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise ConfigError(f"--resume: {path} was trained with another config ({listed}); a run continues exactly "
+                          f"only with the config it started with ({run_dir / 'config.yaml'}), changed at most in "
+                          f"{', '.join(RESUME_FREE_KEYS)}")
+    return checkpoint
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool):
+    """torch.use_deterministic_algorithms inside the block (train.deterministic), with the CUDA settings
+    it needs: a fixed cuBLAS workspace, cuDNN without autotuning. The previous settings come back after."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                cudnn.benchmark, cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        cudnn.benchmark, cudnn.deterministic = previous[2:]
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep the log.jsonl records of steps up to `step`: a run killed after its last checkpoint logged
+    steps that the resumed run logs again (and may have left a line cut short)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    write_text(path, "".join(kept))
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -217,7 +303,7 @@ class Throughput:
 
 @dataclass
 class TrainingRun:
-    """The parts of one training run and where it stands (step, best validation AP)."""
+    """The parts of one training run and where it stands (step, best validation AP, steps skipped)."""
 
     config: Config
     run_dir: Path
@@ -230,6 +316,7 @@ class TrainingRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     step: int = 0
     best_ap: float = -1.0
+    skipped_steps: int = 0  # steps left out for a non-finite loss or gradient (train.on_nonfinite: skip)
 
     @classmethod
     def build(cls, config: Config, run_dir: Path, device: torch.device) -> TrainingRun:
@@ -247,58 +334,93 @@ class TrainingRun:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule))
         return cls(config, run_dir, device, dataset, transform, model, criterion, optimizer, scheduler)
 
-    def restore(self, path: Path) -> None:
-        """Weights, optimiser, schedule, RNG states, step and best AP from a checkpoint of this run."""
-        ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        self.step, self.best_ap = ckpt["step"], ckpt.get("best_ap", -1.0)
-        log.info("resumed %s at step %d", self.run_dir, self.step)
+    def restore(self, checkpoint: dict) -> None:
+        """Weights, optimiser, schedule, RNG states, step, best AP and skipped steps from a checkpoint of
+        this run; log.jsonl loses the records of later steps, which the resumed run writes again."""
+        images = checkpoint.get("position", {}).get("num_images", len(self.dataset))
+        if images != len(self.dataset):
+            raise ValueError(f"--resume: the {self.config.data.train_split} split has {len(self.dataset)} images, "
+                             f"the checkpoint was trained on {images}; resuming needs the same data")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"])
+        self.step, self.best_ap = checkpoint["step"], checkpoint.get("best_ap", -1.0)
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        drop_records_after(self.run_dir / "log.jsonl", self.step)
+        epoch, batch = self.position()
+        if batch and self.config.train.num_workers:
+            log.warning("train.num_workers > 0: the rest of epoch %d gets the batches of an uninterrupted run with "
+                        "other augmentations (the workers start afresh), so the run will not repeat it bit for bit; "
+                        "resuming mid-epoch is exact with num_workers 0 only", epoch)
+        log.info("resumed %s at step %d (epoch %d, batch %d)", self.run_dir, self.step, epoch, batch)
+
+    def position(self) -> tuple[int, int]:
+        """(epoch, batch within it) of the next step: each step takes one batch, an epoch len // batch_size."""
+        return divmod(self.step, len(self.dataset) // self.config.train.batch_size)
 
     def save(self, name: str) -> None:
+        """checkpoints/<name> of where the run stands; never with a non-finite weight (NonFiniteError)."""
+        bad = first_nonfinite_entry(self.model)
+        if bad is not None:
+            raise NonFiniteError(f"after step {self.step} {bad} of the network is not finite; {name} is not written; "
+                                 f"try a lower train.lr")
+        epoch, batch = self.position()
         save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model.state_dict(),
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), step=self.step,
-                        best_ap=self.best_ap, rng=rng_state(), config=self.config.to_dict(),
-                        num_classes=self.dataset.num_classes, class_names=list(self.dataset.class_names))
+                        position={"epoch": epoch, "batch": batch, "num_images": len(self.dataset)},
+                        skipped_steps=self.skipped_steps, best_ap=self.best_ap, rng=rng_state(),
+                        config=self.config.to_dict(), num_classes=self.dataset.num_classes,
+                        class_names=list(self.dataset.class_names))
 
-    def fit(self) -> None:
-        """Step until train.steps; log, evaluate and checkpoint on the way; save last.pt at the end."""
-        train_config, total = self.config.train, self.config.train.steps
+    def fit(self, stop: StopSignals) -> None:
+        """Step until train.steps, logging, evaluating and checkpointing on the way, then save last.pt.
+        After a signal caught by `stop`, save last.pt at the end of the step and raise TrainingInterrupted."""
+        total = self.config.train.steps
         batches = self.batches()
         self.model.train()
         throughput = Throughput()
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=None, dynamic_ncols=True)
-        with open(self.run_dir / "log.jsonl", "a") as log_file:
-            while self.step < total:
+        with tqdm(total=total, initial=self.step, desc="train", disable=None, dynamic_ncols=True) as bar, \
+                open(self.run_dir / "log.jsonl", "a") as log_file:
+            while self.step < total and stop.signal is None:
                 batch = next(batches)
                 losses, grad_norm = self.train_step(batch)
                 throughput.images += len(batch["image"])
                 bar.update(1)
-                if self.step % train_config.log_every == 0 or self.step == total:
-                    record = self.log_record(losses, grad_norm, throughput)
-                    write_record(log_file, record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
-                if train_config.eval_every and self.step % train_config.eval_every == 0 and self.step < total:
-                    self.evaluate(log_file)
-                if self.step % train_config.checkpoint_every == 0 and self.step < total:
-                    self.save("last.pt")
-        bar.close()
+                self.after_step(losses, grad_norm, throughput, log_file, bar)
         self.save("last.pt")
+        if stop.signal is not None:
+            raise TrainingInterrupted(stop.signal, self.step, self.run_dir / "checkpoints" / "last.pt")
         log.info("trained %d steps in %.0f s (%.1f images/s)", total, throughput.elapsed(), throughput.per_second())
 
+    def after_step(self, losses: dict, grad_norm: torch.Tensor, throughput: Throughput, log_file: IO[str], bar) -> None:
+        """Log, evaluate and checkpoint where the config asks (the last step is saved by `fit`)."""
+        train_config, total = self.config.train, self.config.train.steps
+        if self.step % train_config.log_every == 0 or self.step == total:
+            record = self.log_record(losses, grad_norm, throughput)
+            write_record(log_file, record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
+        if train_config.eval_every and self.step % train_config.eval_every == 0 and self.step < total:
+            self.evaluate(log_file)
+        if self.step % train_config.checkpoint_every == 0 and self.step < total:
+            self.save("last.pt")
+
     def batches(self):
-        """Augmented batches on the device, continuing the epoch sequence where a resumed run stopped."""
-        config = self.config
+        """Augmented batches on the device from the next step's place in its epoch on: a resumed run gets
+        the batches an uninterrupted one would (with num_workers 0 their augmentations too, as those draw
+        from torch's generator, restored with the checkpoint)."""
+        train_config = self.config.train
         dataset = TransformedDataset(self.dataset, self.transform)
-        start_epoch = self.step * config.train.batch_size // len(self.dataset)
-        for batch in infinite_batches(dataset, config.train.batch_size, config.train.num_workers, config.seed,
-                                      start_epoch=start_epoch):
-            yield {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        epoch, skip = self.position()
+        while True:
+            for batch in epoch_loader(dataset, train_config.batch_size, train_config.num_workers,
+                                      self.config.seed + epoch, skip):
+                yield {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            epoch, skip = epoch + 1, 0
 
     def train_step(self, batch: dict) -> tuple[dict, torch.Tensor]:
-        """One optimiser step on `batch`; returns the loss terms and the gradient norm before clipping."""
+        """One optimiser step on `batch`; returns the loss terms and the gradient norm before clipping.
+        A non-finite loss or gradient is found before the weights change (see `skip_or_stop`)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
             outputs = self.model(batch["image"].contiguous(memory_format=memory_format(self.config)))
         outputs = {k: v.float() for k, v in outputs.items()}  # losses in float32 (a no-op without bf16)
@@ -306,23 +428,45 @@ class TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        fault = nonfinite_fault(losses, grad_norm, self.model)
+        if fault is None:
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.skip_or_stop(fault)
         self.step += 1
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"loss became {losses['loss'].item()} at step {self.step}; try a lower train.lr")
         return losses, grad_norm
+
+    def skip_or_stop(self, fault: str) -> None:
+        """train.on_nonfinite: skip leaves the weights, counts the step and moves the schedule on as a step
+        would; stop raises NonFiniteError."""
+        where = f"step {self.step + 1}: {fault}"
+        if self.config.train.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            log.warning("%s; the step is skipped (%d so far)", where, self.skipped_steps)
+            with warnings.catch_warnings():  # torch warns when a schedule moves before the first optimiser step
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+            return
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = f"{last} is kept as it was" if last.exists() else "no checkpoint had been written yet"
+        raise NonFiniteError(f"{where}; the weights were not updated and {kept}; try a lower train.lr, or "
+                             f"--set train.on_nonfinite=skip to skip such steps (with --resume to continue this run)")
 
     def log_record(self, losses: dict, grad_norm: torch.Tensor, throughput: Throughput) -> dict:
         elapsed = throughput.elapsed()
         record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                  "images_per_s": throughput.images / elapsed, "elapsed_s": elapsed}
+                  "images_per_s": throughput.images / elapsed, "elapsed_s": elapsed,
+                  "skipped_steps": self.skipped_steps}
         record.update({k: float(v.detach()) for k, v in losses.items()})
         return record
 
     def evaluate(self, log_file: IO[str]) -> None:
-        """Log the validation AP; a new best is saved as best.pt."""
+        """Log the validation AP; a new best is saved as best.pt. The RNGs come out as they went in, so
+        evaluating (and how often) leaves the training itself unchanged."""
+        state = rng_state()
         ap = validation_ap(self.config, self.model, self.dataset)
+        set_rng_state(state)
         write_record(log_file, {"step": self.step, "val_AP": ap})
         self.model.train()
         if ap > self.best_ap:
@@ -335,5 +479,7 @@ def memory_format(config: Config) -> torch.memory_format:
 
 
 def write_record(log_file: IO[str], record: dict) -> None:
+    """One JSON line; a NaN or an infinity (a skipped step's loss) is written as null, as JSON has neither."""
+    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
     log_file.write(json.dumps(record) + "\n")
     log_file.flush()
