@@ -1,4 +1,4 @@
-"""Command line: `embedseg train|evaluate|compare-grouping|predict|data|config` (also `python -m embedseg`)."""
+"""Command line: `embedseg train|evaluate|compare-grouping|tune|predict|data|config` (also `python -m embedseg`)."""
 from __future__ import annotations
 
 import argparse
@@ -105,7 +105,7 @@ def cmd_evaluate(args) -> int:
     overrides = list(args.set)
     if args.max_images is not None:
         overrides.append(f"eval.max_images={args.max_images}")
-    config, model, ckpt = load_run(args.run_dir, overrides)
+    config, model, ckpt = load_run(args.run_dir, overrides, tuned=not args.untuned)
     names = args.grouping.split(",") if args.grouping else list(config.grouping)
     evaluate_and_report(Path(args.run_dir), config, model, ckpt, names, args.split or config.eval.split,
                         overwrite_overlays=args.overwrite)
@@ -119,7 +119,7 @@ def cmd_compare_grouping(args) -> int:
     from embedseg.viz import plot_ap_vs_time, plot_grouping_comparison
 
     run_dir = Path(args.run_dir)
-    config, model, ckpt = load_run(run_dir, args.set)
+    config, model, ckpt = load_run(run_dir, args.set, tuned=not args.untuned)
     if args.threads:
         import torch
 
@@ -151,6 +151,18 @@ def cmd_compare_grouping(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from embedseg.engine.tuning import format_tuning, tune_run
+
+    names = [n.strip() for n in args.groupers.split(",") if n.strip()] if args.groupers else None
+    results = tune_run(args.run_dir, names, args.trials, args.metric, args.overwrite)
+    print(f"\n{args.metric} on the tune split of {args.run_dir}, the config's parameters and the best of "
+          f"{args.trials} trials per grouper:\n\n{format_tuning(results, args.metric)}\n")
+    print(f"chosen:  {Path(args.run_dir) / 'tuned.yaml'} (evaluate, compare-grouping and predict use it)\n"
+          f"trials:  {Path(args.run_dir) / 'tune.json'}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from embedseg.engine.prediction import check_out_folder, list_images, output_stems, write_predictions
     from embedseg.engine.run import build_groupers, build_predictor, load_run
@@ -159,7 +171,7 @@ def cmd_predict(args) -> int:
     check_out_folder(out, args.overwrite)  # before the slow part
     paths = list_images(args.images)
     stems = output_stems(paths)
-    config, model, ckpt = load_run(args.run_dir, args.set)
+    config, model, ckpt = load_run(args.run_dir, args.set, tuned=not args.untuned)
     name = args.grouping or next(iter(config.grouping))
     grouper = build_groupers(config, [name])[name]
     predictor = build_predictor(config, model)
@@ -211,6 +223,11 @@ def cmd_data_check(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_untuned(p) -> None:
+    p.add_argument("--untuned", action="store_true",
+                   help="the grouping parameters of the run's config, not those `embedseg tune` chose (tuned.yaml)")
+
+
 def add_set(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
@@ -239,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="evaluate only the first N images (stored in metrics.json "
                                                   "under '<split>[:N]', apart from the whole split's scores)")
     p.add_argument("--overwrite", action="store_true", help="redraw overlays_<split>.png when it exists")
+    add_untuned(p)
     add_set(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -251,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run")
     p.add_argument("--threads", type=int, help="torch CPU threads for the network and the groupers (default: "
                                                "torch's; 1 gives steadier times on a busy machine)")
+    add_untuned(p)
     add_set(p)
     p.set_defaults(func=cmd_compare_grouping)
 
@@ -261,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grouping", help="grouper name (default: the first in the config)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous prediction in --out (never "
                                                             "a folder that holds anything else)")
+    add_untuned(p)
     add_set(p)
     p.set_defaults(func=cmd_predict)
+
+    add_tune_command(sub)
 
     add_data_commands(sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True))
     q = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
@@ -271,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(q)
     q.set_defaults(func=cmd_config_show)
     return parser
+
+
+def add_tune_command(sub) -> None:
+    p = sub.add_parser("tune", help="choose each grouper's parameters on the run's tune split (data.tune): "
+                                    "tuned.yaml, which evaluate, compare-grouping and predict then use")
+    p.add_argument("run_dir")
+    p.add_argument("--groupers", help="grouper names, comma separated (default: every registered grouper)")
+    p.add_argument("--trials", type=int, default=24, help="parameter settings scored per grouper, the same for "
+                                                          "every grouper (default 24)")
+    p.add_argument("--metric", default="AP", help="what to maximise: AP (COCO, default), AP50, match_AP50, SBD, "
+                                                  "... (abs_DiC is minimised)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run's tuned.yaml and tune.json")
+    p.set_defaults(func=cmd_tune)
 
 
 def add_data_commands(data_sub) -> None:
