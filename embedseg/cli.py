@@ -1,4 +1,4 @@
-"""Command line: `embedseg train|evaluate|compare-grouping|tune|predict|data|config` (also `python -m embedseg`)."""
+"""Command line: `embedseg train|evaluate|compare-grouping|tune|reproduce|table|predict|data|config` (also `python -m embedseg`)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,7 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     "<split>[:N]" when only the first N images were scored); draw the overlays (over an existing
     figure only with `overwrite_overlays`)."""
     from embedseg.engine.evaluator import compare_groupers
+    from embedseg.engine.metrics_file import record_scores
     from embedseg.evaluation.tables import format_table, metric_columns
     from embedseg.viz import plot_grouping_comparison
 
@@ -51,20 +52,6 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     for note in notes:
         print(f"note: {note}")
     return results
-
-
-def record_scores(run_dir: Path, config, ckpt: dict, split: str, results: dict, run) -> tuple[str, list[str]]:
-    """Merge `results` into metrics.json with what they were scored on: (the entry's key, notes on
-    entries replaced that had been scored otherwise)."""
-    from embedseg.engine.metrics_file import grouper_parameters, metrics_key, record_metrics, scored_on
-    from embedseg.engine.run import find_checkpoint
-
-    checkpoint = find_checkpoint(run_dir).name
-    provenance = {name: scored_on(split, run.names, run.split_images, grouper_parameters(name, config.grouping.get(name)),
-                                  config.eval.max_dets, checkpoint, ckpt.get("step"))
-                  for name in results}
-    key = metrics_key(split, len(run.names), run.split_images)
-    return key, record_metrics(run_dir / "metrics.json", key, results, provenance)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -160,6 +147,47 @@ def cmd_tune(args) -> int:
           f"{args.trials} trials per grouper:\n\n{format_tuning(results, args.metric)}\n")
     print(f"chosen:  {Path(args.run_dir) / 'tuned.yaml'} (evaluate, compare-grouping and predict use it)\n"
           f"trials:  {Path(args.run_dir) / 'tune.json'}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from embedseg.engine.faults import TrainingInterrupted
+    from embedseg.suites import load_suite
+    from embedseg.suites.render import collect, format_table
+    from embedseg.suites.reproduce import reproduce
+
+    suite = load_suite(args.suite)
+    again = f"embedseg reproduce {args.suite} --budget {args.budget} --seeds {args.seeds} --runs {args.runs}"
+    try:
+        reproduce(suite, args.budget, args.seeds, Path(args.runs))
+    except TrainingInterrupted as e:  # the row's last.pt was saved: the same command continues it
+        print(f"embedseg reproduce: {e}; continue with: {again}", file=sys.stderr)
+        return e.exit_status
+    print(f"\n{suite.title} ({args.budget} budget)\n\n{format_table(suite, collect(suite, args.budget, Path(args.runs)))}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from embedseg.outputs import write_text
+    from embedseg.suites import load_suite, suite_names
+    from embedseg.suites.render import collect, draw_figure, experiments_markdown, format_table
+
+    runs = Path(args.runs)
+    if args.all:
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; use --overwrite to replace it")
+        write_text(out, experiments_markdown([load_suite(n) for n in suite_names()], args.budget, runs, out))
+        print(f"{out}: {len(suite_names())} suites at the {args.budget} budget")
+        return 0
+    if not args.suite:
+        raise ValueError("name a suite (shipped: " + ", ".join(suite_names()) + ") or use --all")
+    suite = load_suite(args.suite)
+    rows = collect(suite, args.budget, runs)
+    print(format_table(suite, rows, args.format))
+    figure = draw_figure(suite, rows, runs / suite.name / args.budget / f"{suite.name}_{args.budget}.png", args.budget)
+    if figure is not None:
+        print(f"figure: {figure}", file=sys.stderr)
     return 0
 
 
@@ -285,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     add_tune_command(sub)
+    add_suite_commands(sub)
 
     add_data_commands(sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True))
     q = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
@@ -306,6 +335,28 @@ def add_tune_command(sub) -> None:
                                                   "... (abs_DiC is minimised)")
     p.add_argument("--overwrite", action="store_true", help="replace the run's tuned.yaml and tune.json")
     p.set_defaults(func=cmd_tune)
+
+
+def add_suite_commands(sub) -> None:
+    from embedseg.suites.spec import BUDGETS
+
+    p = sub.add_parser("reproduce", help="train, tune and evaluate every unfinished row of a paper-table suite "
+                                         "(experiments/<suite>/suite.yaml), then print its table")
+    p.add_argument("suite", help="suite name (a folder of experiments/) or path to a suite.yaml")
+    p.add_argument("--budget", default="cpu", choices=BUDGETS, help="smoke: minutes, to check the pipeline; cpu "
+                                                                    "(default): the CPU configs; full: the papers'")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
+    p.add_argument("--runs", default="runs", help="where the rows' runs go: <runs>/<suite>/<budget>/<row>/seed<k>")
+    p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("table", help="a suite's table and figure from its finished runs; --all writes EXPERIMENTS.md")
+    p.add_argument("suite", nargs="?", help="suite name or path to a suite.yaml")
+    p.add_argument("--all", action="store_true", help="every shipped suite into --out (EXPERIMENTS.md)")
+    p.add_argument("--budget", default="cpu", choices=BUDGETS)
+    p.add_argument("--format", default="md", help="md (default), csv or tex")
+    p.add_argument("--runs", default="runs", help="the runs folder `reproduce` wrote (default runs)")
+    p.add_argument("--out", default="EXPERIMENTS.md", help="with --all: the file to write (default EXPERIMENTS.md)")
+    p.add_argument("--overwrite", action="store_true", help="with --all: replace --out")
+    p.set_defaults(func=cmd_table)
 
 
 def add_data_commands(data_sub) -> None:

@@ -96,8 +96,8 @@ def test_tune_command_writes_tuned_yaml_that_evaluate_uses(tiny_config_file, tmp
     assert main(["tune", str(run), "--groupers", "meanshift", "--trials", "3",
                  "--metric", "AP"]) == 0
     tuned = yaml.safe_load((run / "tuned.yaml").read_text())
-    assert tuned["tuned_on"]["split"] == "tune" and tuned["tuned_on"]["images"] == 2
-    assert len(json.loads((run / "tune.json").read_text())["trials"]["meanshift"]) <= 3
+    assert tuned["tuned"]["meanshift"]["split"] == "tune" and tuned["tuned"]["meanshift"]["images"] == 2
+    assert len(json.loads((run / "tune.json").read_text())["meanshift"]["trials"]) <= 3
     chosen = tuned["grouping"]["meanshift"]
 
     tuned["grouping"]["meanshift"]["min_size"] = 7  # what evaluate reads is tuned.yaml
@@ -113,6 +113,8 @@ def test_tune_command_writes_tuned_yaml_that_evaluate_uses(tiny_config_file, tmp
     capsys.readouterr()
     assert main(["tune", str(run), "--trials", "2"]) == 2  # never replaced without --overwrite
     assert "--overwrite" in capsys.readouterr().err and (run / "tuned.yaml").read_bytes() == before
+    assert main(["tune", str(run), "--groupers", "components", "--trials", "2"]) == 0  # others join it
+    assert list(yaml.safe_load((run / "tuned.yaml").read_text())["grouping"]) == ["meanshift", "components"]
 
 
 def test_tune_needs_a_tune_split(tiny_config_file, tmp_path, capsys):

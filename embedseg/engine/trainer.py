@@ -82,10 +82,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
 
 # ----------------------------------------------------------------------------- the run directory
 
-# What train, evaluate, compare-grouping and tune write into a run directory (checkpoints/ holds
+# What train, evaluate, compare-grouping, tune and reproduce write into a run directory (checkpoints/ holds
 # CHECKPOINT_FILES). `--overwrite` removes these and nothing else, and refuses a folder that holds more.
 RUN_FILES = ("config.yaml", "env.txt", "log.jsonl", "metrics.json", "overlays_*.png",
-             "grouping_*.md", "grouping_*.json", "grouping_*.png", "tuned.yaml", "tune.json")
+             "grouping_*.md", "grouping_*.json", "grouping_*.png", "tuned.yaml", "tune.json", "row_*.json")
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
 

@@ -156,23 +156,37 @@ def tune_samples(predictor, dataset) -> list:
     return samples
 
 
+def read_tuned(run_dir: Path) -> dict:
+    """The run's tuned.yaml ({} when it has none)."""
+    path = Path(run_dir) / TUNED_FILE
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+
+
+def tuned_groupers(run_dir: Path) -> list[str]:
+    """The groupers whose parameters `embedseg tune` chose for the run."""
+    return list(read_tuned(run_dir).get("grouping") or {})
+
+
 def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 24, metric: str = "AP",
-             overwrite: bool = False) -> dict[str, tuple[Trial, Trial, list[Trial]]]:
+             overwrite: bool = False, overrides: list[str] = ()) -> dict[str, tuple[Trial, Trial, list[Trial]]]:
     """Tune the groupers `names` (default: every registered one, the config's first) of a trained run on
-    its tune split; write tuned.yaml (the chosen blocks) and tune.json (every trial) into the run.
-    Returns grouper -> (the config's trial, the best trial, every trial)."""
+    its tune split, with the run's config and `overrides` (eval keys, say). Their chosen blocks go into
+    tuned.yaml and every trial into tune.json, beside the entries of groupers tuned before (a grouper
+    already there is tuned again only with `overwrite`). Returns grouper -> (the config's trial, the
+    best trial, every trial)."""
     run_dir = Path(run_dir)
-    metric_family(metric)  # a bad metric fails before the network runs
+    metric_family(metric)  # a bad metric, grouper or budget fails before the network runs
     if trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
-    existing = [p for p in (run_dir / TUNED_FILE, run_dir / "tune.json") if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(map(str, existing))} already exist; use --overwrite to tune again")
-    config, model, ckpt = load_run(run_dir, tuned=False)
-    dataset = dataset_for_split(config, TUNE_SPLIT)
+    config, model, ckpt = load_run(run_dir, overrides, tuned=False)
     names = names or [*config.grouping, *(n for n in GROUPERS.names() if n not in config.grouping)]
     for name in names:
-        GROUPERS.get(name)  # an unknown name fails before the network runs
+        GROUPERS.get(name)
+    done = [n for n in names if n in tuned_groupers(run_dir)]
+    if done and not overwrite:
+        raise FileExistsError(f"{run_dir / TUNED_FILE} already holds {', '.join(done)}; use --overwrite to tune "
+                              "again, or --groupers to tune others")
+    dataset = dataset_for_split(config, TUNE_SPLIT)
     samples = tune_samples(build_predictor(config, model), dataset)
     results = {}
     for name in names:
@@ -181,16 +195,24 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
         results[name] = (tried[0], best, tried)
     tuned_on = {"split": TUNE_SPLIT, "images": len(dataset), "data_tune": config.data.tune, "metric": metric,
                 "trials": trials, "checkpoint": find_checkpoint(run_dir).name, "step": ckpt.get("step")}
-    write_json(run_dir / "tune.json", {"tuned_on": tuned_on, "trials": {
-        n: [{"block": t.block, "score": t.score} for t in tried] for n, (_, _, tried) in results.items()}}, indent=1)
-    scores = {n: {"config": first.score, "tuned": best.score, "trials": len(tried)}
-              for n, (first, best, tried) in results.items()}
+    write_tuned(run_dir, results, tuned_on)
+    return results
+
+
+def write_tuned(run_dir: Path, results: dict, tuned_on: dict) -> None:
+    """Merge the chosen blocks into tuned.yaml and the trials into tune.json."""
+    tuned = read_tuned(run_dir)
+    trials_path = run_dir / "tune.json"
+    trials = json.loads(trials_path.read_text()) if trials_path.is_file() else {}
+    for name, (first, best, tried) in results.items():
+        tuned.setdefault("grouping", {})[name] = best.block
+        tuned.setdefault("tuned", {})[name] = {**tuned_on, "config_score": first.score, "tuned_score": best.score,
+                                               "trials_scored": len(tried)}
+        trials[name] = {**tuned_on, "trials": [{"block": t.block, "score": t.score} for t in tried]}
+    write_json(trials_path, trials, indent=1)
     header = ("# Grouping parameters chosen by `embedseg tune` on the tune split (carved from train, never\n"
               "# trained on); evaluate, compare-grouping and predict use them (--untuned: the config's own).\n")
-    body = {"grouping": {n: best.block for n, (_, best, _) in results.items()}, "tuned_on": tuned_on,
-            "scores": scores}
-    write_text(run_dir / TUNED_FILE, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
-    return results
+    write_text(run_dir / TUNED_FILE, header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None))
 
 
 def format_tuning(results: dict, metric: str) -> str:
