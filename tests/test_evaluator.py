@@ -148,3 +148,23 @@ def test_output_cache_returns_the_outputs_and_is_reused_for_the_same_key(tmp_pat
         OutputCache(tmp_path / "cache")[0]  # the replaced cache lists image 1 only; image 0's file is stale
     with pytest.raises(FileNotFoundError, match="holds no output cache"):
         OutputCache(tmp_path)
+
+
+def test_compare_grouping_cache_reuses_one_network_pass(tmp_path, tiny_config_file, capsys):
+    from embedseg.cli import main
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["train", str(tiny_config_file), "--out", str(run_dir), "--no-eval"]) == 0
+    compare = ["compare-grouping", str(run_dir), "--groupers", "components", "--cache", str(cache)]
+    assert main(compare) == 0
+    first = json.loads((run_dir / "grouping_val.json").read_text())["groupers"]
+    assert OutputCache(cache).indices == [0, 1]  # the tiny config's two val images
+    written = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert main([*compare, "--overwrite"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == written  # read, not recomputed
+    again = json.loads((run_dir / "grouping_val.json").read_text())["groupers"]
+    assert _scores(again["components"], (*TIMING, "group_ms_median")) == _scores(first["components"],
+                                                                                  (*TIMING, "group_ms_median"))
+    capsys.readouterr()
+    assert main([*compare, "--split", "train"]) == 2  # another split's outputs are not in this cache
+    assert "holds the outputs of another network pass (dataset, split differ)" in capsys.readouterr().err
