@@ -168,3 +168,38 @@ def test_compare_grouping_cache_reuses_one_network_pass(tmp_path, tiny_config_fi
     capsys.readouterr()
     assert main([*compare, "--split", "train"]) == 2  # another split's outputs are not in this cache
     assert "holds the outputs of another network pass (dataset, split differ)" in capsys.readouterr().err
+
+
+class CountEvaluator:
+    """A user's evaluator (the README's example): mean number of predicted instances per image."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.counts = []
+
+    def process(self, truth, prediction, crowd=None):
+        self.counts.append(len(prediction))
+
+    def state(self):
+        return list(self.counts)
+
+    def merge(self, states):
+        for state in states:
+            self.counts.extend(state)
+
+    def evaluate(self):
+        return {"mean_count": sum(self.counts) / len(self.counts)}
+
+
+def test_a_custom_evaluator_runs_beside_the_built_in_ones():
+    ds = eval_workers.dataset()
+    run = run_groupers(eval_workers.OraclePredictor(ds), ds, {"meanshift": eval_workers.groupers()["meanshift"]},
+                       lambda: [*eval_workers.build_evaluators(["coco"], ds.class_names), CountEvaluator()],
+                       progress=False)
+    scores = score_groupers(run)["meanshift"]
+    assert scores["mean_count"] == np.mean(run.instances["meanshift"]) == scores["instances_per_image"]
+    assert scores["mean_count"] == np.mean([len(np.unique(ds[i]["instances"][ds[i]["instances"] > 0]))
+                                            for i in range(len(ds))])  # the oracle's objects, one each
+    assert scores["AP"] > 0.8
