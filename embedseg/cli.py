@@ -35,12 +35,11 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     if figure.exists() and not overwrite_overlays:
         notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
     else:
-        plot_grouping_comparison(run.images, run.ground_truth[: len(run.images)],
-                                 {n: p[: len(run.images)] for n, p in run.predictions.items()}, figure)
+        plot_grouping_comparison(run.images, run.ground_truth, run.predictions, figure)
     keys = metric_columns(results, TABLE_KEYS)  # the columns of the metrics the config asked for
     coco = (f"COCO mask AP with maxDets {ev.max_dets}, class-aware unless marked agnostic; "
             if "coco" in ev.metrics else "")
-    print(f"\n{', '.join(ev.metrics)} on {split} ({len(run.ground_truth)} images); {coco}"
+    print(f"\n{', '.join(ev.metrics)} on {split} ({len(run.names)} images); {coco}"
           f"percent, except DiC / abs_DiC (objects per image)")
     print(format_table(results, keys=keys, first="grouper"))
     timing = {n: {"group ms (median)": m["group_ms_median"], "inst/img": m["instances_per_image"]}
@@ -119,20 +118,19 @@ def cmd_compare_grouping(args) -> int:
         raise FileExistsError(f"{', '.join(existing)} already exist; use --overwrite to replace them")
     names = [n.strip() for n in args.groupers.split(",") if n.strip()] if args.groupers else None
     max_images = args.max_images if args.max_images is not None else config.eval.max_images
-    results, run = compare_groupers(config, model, ckpt["class_names"], names, split, max_images)
+    results, run = compare_groupers(config, model, ckpt["class_names"], names, split, max_images,
+                                    cache_dir=args.cache, overwrite_cache=args.overwrite)
 
     network_ms = float(np.median(run.network_ms))
-    title = (f"Grouping on {split} of {run_dir} ({len(run.ground_truth)} images): COCO mask AP (percent, "
+    title = (f"Grouping on {split} of {run_dir} ({len(run.names)} images): COCO mask AP (percent, "
              f"maxDets {config.eval.max_dets}), instances per image, grouping time per image (network "
              f"{network_ms:.1f} ms/image, run once for all groupers)")
     table = format_grouping_table(results)
     write_text(paths["table"], f"{title}\n\n{table}\n")
-    write_json(paths["json"], {"split": split, "num_images": len(run.ground_truth), "network_ms_median": network_ms,
+    write_json(paths["json"], {"split": split, "num_images": len(run.names), "network_ms_median": network_ms,
                                "groupers": results}, indent=2)
-    n = len(run.images)
-    plot_grouping_comparison(run.images, run.ground_truth[:n], {k: p[:n] for k, p in run.predictions.items()},
-                             paths["overlays"])
-    plot_ap_vs_time(results, paths["ap_time"], title=f"{run_dir.name}, {split} ({len(run.ground_truth)} images)")
+    plot_grouping_comparison(run.images, run.ground_truth, run.predictions, paths["overlays"])
+    plot_ap_vs_time(results, paths["ap_time"], title=f"{run_dir.name}, {split} ({len(run.names)} images)")
     print(f"\n{title}\n\n{table}\n")
     print("\n".join(f"{what + ':':9}{path}" for what, path in paths.items()))
     return 0
@@ -294,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the config's parameters where it has a grouping block)")
     p.add_argument("--split", help="split to compare on (default: eval.split of the config)")
     p.add_argument("--max-images", type=int, help="use only the first N images")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run "
+                                                            "(and a --cache folder of another network pass)")
+    p.add_argument("--cache", metavar="DIR", help="read the network outputs from the output cache in DIR, computing "
+                                                  "and caching them there (float16) first when it lacks them, so later "
+                                                  "comparisons skip the network")
     p.add_argument("--threads", type=int, help="torch CPU threads for the network and the groupers (default: "
                                                "torch's; 1 gives steadier times on a busy machine)")
     add_untuned(p)

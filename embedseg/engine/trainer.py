@@ -38,7 +38,7 @@ import embedseg
 from embedseg.config import Config, ConfigError, config_from_dict, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
 from embedseg.engine.checkpoint import changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from embedseg.engine.evaluator import run_groupers, score_groupers
+from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.faults import (
     NonFiniteError,
     StopSignals,
@@ -218,8 +218,9 @@ def validation_ap(config: Config, model, train_dataset) -> float:
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
     run = run_groupers(build_predictor(config, model), val, build_groupers(config, [first]),
+                       config_evaluators(config, list(train_dataset.class_names), ["coco"]),
                        max_images=config.eval.max_images, keep_images=0, progress=False)
-    return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
+    return score_groupers(run)[first]["AP"]
 
 
 # ----------------------------------------------------------------------------- resuming, determinism
