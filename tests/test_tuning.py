@@ -14,7 +14,7 @@ from embedseg.config import ConfigError, load_config
 from embedseg.data.tune import tune_indices
 from embedseg.engine.run import dataset_for_split
 from embedseg.engine.tuning import coordinate_search, search_axes, tune_grouper
-from embedseg.structures import Instances
+from embedseg.evaluation import build_evaluators
 
 TUNE = "data.tune={fraction: 0.25, seed: 3}"
 
@@ -62,23 +62,23 @@ def test_coordinate_search_finds_the_best_grid_point_within_the_budget():
 
 def touching_squares(gap: float, seed: int):
     """One image: two touching 12x12 squares of class 1 whose embeddings sit `gap` apart (no noise);
-    (network outputs, ground truth, crowd)."""
+    (the sample of the dataset contract, the network outputs)."""
     labels = np.zeros((32, 32), np.int32)
     labels[8:20, 4:16], labels[8:20, 16:28] = 1, 2
     centres = np.random.default_rng(seed).normal(size=(3, 4))
     centres[2] = centres[1] + gap * np.eye(4)[0]
     embedding = centres[labels].transpose(2, 0, 1)  # background (0) sits elsewhere
     semantic = np.stack([labels == 0, labels > 0]).astype(np.float32)
-    truth = Instances.from_label_map(labels, labels=(labels > 0).astype(np.int64))
-    return {"embedding": embedding.astype(np.float32), "semantic": semantic}, truth, None
+    sample = {"image": np.zeros((32, 32, 3), np.uint8), "instances": labels, "semantic": (labels > 0).astype(np.int64),
+              "image_id": seed, "name": f"squares_{seed}"}
+    return sample, {"embedding": embedding.astype(np.float32), "semantic": semantic}
 
 
 def test_tune_grouper_finds_a_bandwidth_that_splits_touching_objects():
-    from embedseg.config import EvalConfig
-
-    samples = [touching_squares(gap=1.2, seed=s) for s in range(3)]
+    dataset, cache = zip(*(touching_squares(gap=1.2, seed=s) for s in range(3)))
     start = {"bandwidth": 2.0, "min_size": 20}  # wider than the gap: each pair is one mask
-    best, tried = tune_grouper("meanshift", start, samples, ["thing"], "AP", trials=8, eval_config=EvalConfig())
+    best, tried = tune_grouper("meanshift", start, dataset, cache, lambda: build_evaluators(["coco"], ["thing"]),
+                               "AP", trials=8)
     assert tried[0].block == start and tried[0].score < 0.5
     assert best.score == pytest.approx(1.0) and best.block["bandwidth"] < 1.2 and best.block["min_size"] == 20
     assert len(tried) <= 8

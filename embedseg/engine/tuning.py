@@ -1,7 +1,8 @@
 """Choose each grouper's parameters on the tune split, with the same budget for every grouper.
 
 A trial is one grouping block (the grouper's parameters and its post-processing chain) scored by
-one metric over every tune image. The values tried come from the search spaces declared next to
+one metric over every tune image. The network runs once per tune image; its outputs are cached on
+disk (float16, embedseg.engine.output_cache) for the duration of the search. The values tried come from the search spaces declared next to
 the code: `Grouper.search_space` for the grouper's own parameters and the `search_space` of each
 post-processing step in the block's chain (key `postprocess[i].param`). The search is coordinate
 ascent from the config's block: each parameter in turn takes every value of its axis with the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,9 @@ import yaml
 from tqdm import tqdm
 
 from embedseg.data.tune import TUNE_SPLIT
-from embedseg.engine.evaluator import ground_truth_instances
+from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
+from embedseg.engine.output_cache import cache_outputs
 from embedseg.engine.run import TUNED_FILE, build_predictor, dataset_for_split, find_checkpoint, load_run
-from embedseg.evaluation import evaluate_coco, evaluate_matching
 from embedseg.grouping import GROUPERS, POSTPROCESS, build_grouper
 from embedseg.grouping.registry import step_block
 from embedseg.outputs import write_json, write_text
@@ -102,31 +104,22 @@ def coordinate_search(score: Callable[[dict], float], start: dict, axes: dict[st
     return best, list(scored.values())
 
 
-def tune_grouper(name: str, start: dict, samples: list, class_names: list[str], metric: str, trials: int,
-                 eval_config) -> tuple[Trial, list[Trial]]:
-    """Coordinate search for grouper `name` from block `start` on `samples` [(network outputs,
-    ground-truth Instances, crowd mask or None)], maximising `metric` (minimising abs_DiC)."""
-    family = metric_family(metric)
+def tune_grouper(name: str, start: dict, dataset, cache, evaluators: Callable[[], list], metric: str,
+                 trials: int) -> tuple[Trial, list[Trial]]:
+    """Coordinate search for grouper `name` from block `start`, maximising `metric` (minimising abs_DiC)
+    over the images of `dataset` whose network outputs `cache[i]` holds, scored by fresh
+    `evaluators()` for every trial."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    truth = [gt for _, gt, _ in samples]
-    crowd = [c for _, _, c in samples]
-    crowd = crowd if any(c is not None for c in crowd) else None
-
     bar = tqdm(total=trials, desc=f"tune {name}", disable=None, leave=False)
 
     def score(block: dict) -> float:
         bar.update()
-        grouper = build_grouper(name, **block)
-        predictions = [grouper(outputs) for outputs, _, _ in samples]
-        if family == "coco":
-            scores = evaluate_coco(truth, predictions, class_names=class_names, max_dets=eval_config.max_dets,
-                                   crowd=crowd)
-        else:
-            scores = evaluate_matching(truth, predictions, [family], eval_config.iou_thresholds,
-                                       eval_config.map_r_thresholds, crowd=crowd)
+        run = run_groupers(None, dataset, {name: build_grouper(name, **block)}, evaluators, keep_images=0,
+                           progress=False, cache=cache)
+        scores = score_groupers(run)[name]
         if metric not in scores:
-            raise ValueError(f"--metric {metric!r} is not among the scores of {family} ({', '.join(scores)}); "
-                             "check eval.iou_thresholds / eval.map_r_thresholds")
+            raise ValueError(f"--metric {metric!r} is not among the scores ({', '.join(scores)}); check "
+                             "eval.iou_thresholds / eval.map_r_thresholds")
         return sign * scores[metric]
 
     start = start_block(name, start)
@@ -144,16 +137,6 @@ def start_block(name: str, block: dict | None) -> dict:
         if param in GROUPERS.get(name).search_space and param not in block:
             block[param] = spec.default
     return block
-
-
-def tune_samples(predictor, dataset) -> list:
-    """[(network outputs, ground-truth Instances, crowd mask or None)] of every image of `dataset`."""
-    samples = []
-    for i in tqdm(range(len(dataset)), desc="network on tune", disable=None, leave=False):
-        sample = dataset[i]
-        ignore = sample["instances"] < 0
-        samples.append((predictor(sample["image"]), ground_truth_instances(sample), ignore if ignore.any() else None))
-    return samples
 
 
 def read_tuned(run_dir: Path) -> dict:
@@ -187,12 +170,14 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
         raise FileExistsError(f"{run_dir / TUNED_FILE} already holds {', '.join(done)}; use --overwrite to tune "
                               "again, or --groupers to tune others")
     dataset = dataset_for_split(config, TUNE_SPLIT)
-    samples = tune_samples(build_predictor(config, model), dataset)
+    family = metric_family(metric)
+    evaluators = config_evaluators(config, ckpt["class_names"], [family])
     results = {}
-    for name in names:
-        best, tried = tune_grouper(name, config.grouping.get(name), samples, ckpt["class_names"], metric, trials,
-                                   config.eval)
-        results[name] = (tried[0], best, tried)
+    with tempfile.TemporaryDirectory(prefix="embedseg-tune-") as folder:  # the network runs once per image
+        cache = cache_outputs(build_predictor(config, model), dataset, folder)
+        for name in names:
+            best, tried = tune_grouper(name, config.grouping.get(name), dataset, cache, evaluators, metric, trials)
+            results[name] = (tried[0], best, tried)
     tuned_on = {"split": TUNE_SPLIT, "images": len(dataset), "data_tune": config.data.tune, "metric": metric,
                 "trials": trials, "checkpoint": find_checkpoint(run_dir).name, "step": ckpt.get("step")}
     write_tuned(run_dir, results, tuned_on)

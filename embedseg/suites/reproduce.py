@@ -41,8 +41,9 @@ def result_file(run_dir: Path, row: Row) -> Path:
 
 
 def row_overrides(suite: Suite, row: Row, budget: str, seed: int) -> list[str]:
-    """The --set overrides that make the row's config this suite row at this budget and seed."""
-    return [*suite.budget_overrides(budget), *row.overrides, f"seed={seed}", f"name={suite.name}_{row.slug}_s{seed}"]
+    """The --set overrides that make the row's config this suite row at this budget and seed (the
+    budget's last: a smoke budget shrinks whatever the row sets)."""
+    return [*row.overrides, *suite.budget_overrides(budget), f"seed={seed}", f"name={suite.name}_{row.slug}_s{seed}"]
 
 
 def reproduce(suite: Suite, budget: str, seeds: int, runs: Path) -> list[Path]:
