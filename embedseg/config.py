@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from embedseg.engine.oracle import ORACLES
 from embedseg.outputs import write_text
 
 
@@ -90,6 +91,8 @@ class EvalConfig:
     map_r_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # of map_r
     max_images: int | None = None  # evaluate only the first N images of the split
     num_overlays: int = 4  # images drawn into overlays.png
+    # ground truth in place of network outputs, for ablations: foreground, instances (embedseg.engine.oracle)
+    oracle: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -368,6 +371,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"eval.metrics needs at least one metric; choose from: {', '.join(METRICS)}")
     for i, metric in enumerate(config.eval.metrics):
         _check_choice(metric, METRICS, f"eval.metrics[{i}]")
+    for i, name in enumerate(config.eval.oracle):
+        _check_choice(name, ORACLES, f"eval.oracle[{i}]")
     for key in ("iou_thresholds", "map_r_thresholds"):
         values = getattr(config.eval, key)
         if not values or any(not 0 < t <= 1 for t in values):

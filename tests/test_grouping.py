@@ -8,7 +8,7 @@ import torch
 from embedseg.config import ConfigError, config_from_dict
 from embedseg.distances import squared_distances
 from embedseg.evaluation import evaluate_coco
-from embedseg.grouping import GROUPERS, POSTPROCESS, Grouper, build_grouper, build_postprocess
+from embedseg.grouping import GROUPERS, POSTPROCESS, Grouper, build_grouper, build_postprocess, default_groupers
 from embedseg.grouping.base import masks_from_assignment
 from embedseg.grouping.seeds import mask_iou, mask_nms
 from embedseg.losses.metric import pair_similarity
@@ -63,7 +63,8 @@ def planted(touching: bool = False, num_classes: int = 2, dim: int = 8, seed: in
     semantic[semantic_map[yy, xx], yy, xx] = class_prob[yy, xx]
     seediness = np.where(label_map > 0, 0.5 + label_map / 20.0, 0.0)
     outputs = {"embedding": embedding.transpose(2, 0, 1).astype(np.float32), "semantic": semantic.astype(np.float32),
-               "seediness": seediness.astype(np.float32)}
+               "seediness": seediness.astype(np.float32),
+               "instances": label_map}  # what eval.oracle: [instances] adds, for oracle_centres; the others ignore it
     return outputs, Instances.from_label_map(label_map, labels=semantic_map)
 
 
@@ -285,6 +286,7 @@ def test_drop_relatively_small_drops_a_fragment_far_smaller_than_the_image_s_obj
     outputs["embedding"][:, 40:43, 40:43] = -8.0
     outputs["semantic"][:, 40:43, 40:43] = np.array([0.05, 0.9, 0.05], np.float32)[:, None, None]
     outputs["seediness"][40:43, 40:43] = 0.6
+    outputs["instances"][40:43, 40:43] = 7  # a centre of its own for oracle_centres
     params = GROUPER_MIN_SIZE_5.get(name, {})
     assert len(build_grouper(name, **params)(outputs)) == 7
     relative = [{"name": "drop_relatively_small", "fraction": 0.1}]
@@ -541,14 +543,14 @@ def test_compare_grouping_cli_writes_table_and_figures(tmp_path, tiny_config_fil
     capsys.readouterr()
     assert main(["compare-grouping", str(run_dir), "--max-images", "2", "--set", "grouping.seeds.tau=[0.5,0.7]"]) == 0
     printed = capsys.readouterr().out
-    for name in GROUPERS.names():  # every registered grouper by default
+    for name in default_groupers():  # every registered grouper by default
         assert f"| {name} |" in printed
     assert "ms median" in printed and "2 images" in printed
     saved = json.loads((run_dir / "grouping_val.json").read_text())
     assert saved["num_images"] == 2 and list(saved["groupers"])[:2] == ["meanshift", "components"]  # config's first
     for metrics in saved["groupers"].values():
         assert 0.0 <= metrics["AP"] <= 1.0 and metrics["group_ms_median"] <= metrics["group_ms_p90"]
-    assert (run_dir / "grouping_val.md").read_text().count("\n| ") == 1 + len(GROUPERS.names())
+    assert (run_dir / "grouping_val.md").read_text().count("\n| ") == 1 + len(default_groupers())
     assert (run_dir / "grouping_val_overlays.png").stat().st_size > 0
     assert (run_dir / "grouping_val_ap_vs_time.png").stat().st_size > 0
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from embedseg.engine.oracle import apply_oracle
 from embedseg.engine.output_cache import reuse_or_cache
 from embedseg.evaluation import build_evaluators, evaluate_all
 from embedseg.structures import Instances
@@ -45,12 +46,13 @@ def ground_truth_instances(sample: dict) -> Instances:
 
 def run_groupers(predictor, dataset, groupers: dict, evaluators: Callable[[], list], max_images: int | None = None,
                  keep_images: int = 4, progress: bool = True, indices: Sequence[int] | None = None,
-                 cache=None) -> GroupingRun:
+                 cache=None, oracle: Sequence[str] = ()) -> GroupingRun:
     """Every grouper on the network outputs of each image; each prediction goes to that grouper's
     evaluators (`evaluators()` makes a fresh list per grouper) and is then dropped.
 
     The images are the first `max_images` of `dataset` (all by default), or `indices` of them; with
-    an `OutputCache` as `cache` their outputs are read from it and `predictor` is not run.
+    an `OutputCache` as `cache` their outputs are read from it and `predictor` is not run. `oracle`
+    puts ground truth in place of outputs (embedseg.engine.oracle).
     """
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     run = GroupingRun(evaluators={name: evaluators() for name in groupers}, group_ms={name: [] for name in groupers},
@@ -62,6 +64,7 @@ def run_groupers(predictor, dataset, groupers: dict, evaluators: Callable[[], li
         t0 = time.perf_counter()
         outputs = predictor(sample["image"]) if cache is None else cache[i]
         run.network_ms.append(1000 * (time.perf_counter() - t0))
+        outputs = apply_oracle(oracle, outputs, sample)
         truth = ground_truth_instances(sample)
         ignore = sample["instances"] < 0
         keep = len(run.images) < keep_images
@@ -168,10 +171,10 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
     replaced only with `overwrite_cache`.
     """
     from embedseg.engine.run import build_groupers, build_predictor, dataset_for_split
-    from embedseg.grouping import GROUPERS
+    from embedseg.grouping import default_groupers
 
     if names is None:
-        names = list(config.grouping) + [n for n in GROUPERS.names() if n not in config.grouping]
+        names = default_groupers(list(config.grouping))
     groupers = build_groupers(config, names)
     split = split or config.eval.split
     dataset = dataset_for_split(config, split)
@@ -185,7 +188,7 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
     if metrics is None:
         metrics = list(ev.metrics) if "coco" in ev.metrics else ["coco", *ev.metrics]
     run = run_groupers(predictor, dataset, groupers, config_evaluators(config, class_names, metrics), max_images,
-                       ev.num_overlays, progress, cache=cache)
+                       ev.num_overlays, progress, cache=cache, oracle=ev.oracle)
     return score_groupers(run), run
 
 

@@ -15,7 +15,7 @@ import copy
 import json
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.output_cache import cache_outputs
 from embedseg.engine.run import TUNED_FILE, build_predictor, dataset_for_split, find_checkpoint, load_run
-from embedseg.grouping import GROUPERS, POSTPROCESS, build_grouper
+from embedseg.grouping import GROUPERS, POSTPROCESS, build_grouper, default_groupers
 from embedseg.grouping.registry import step_block
 from embedseg.outputs import write_json, write_text
 
@@ -105,17 +105,17 @@ def coordinate_search(score: Callable[[dict], float], start: dict, axes: dict[st
 
 
 def tune_grouper(name: str, start: dict, dataset, cache, evaluators: Callable[[], list], metric: str,
-                 trials: int) -> tuple[Trial, list[Trial]]:
+                 trials: int, oracle: Sequence[str] = ()) -> tuple[Trial, list[Trial]]:
     """Coordinate search for grouper `name` from block `start`, maximising `metric` (minimising abs_DiC)
-    over the images of `dataset` whose network outputs `cache[i]` holds, scored by fresh
-    `evaluators()` for every trial."""
+    over the images of `dataset` whose network outputs `cache[i]` holds (with the `oracle`'s ground
+    truth put in), scored by fresh `evaluators()` for every trial."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     bar = tqdm(total=trials, desc=f"tune {name}", disable=None, leave=False)
 
     def score(block: dict) -> float:
         bar.update()
         run = run_groupers(None, dataset, {name: build_grouper(name, **block)}, evaluators, keep_images=0,
-                           progress=False, cache=cache)
+                           progress=False, cache=cache, oracle=oracle)
         scores = score_groupers(run)[name]
         if metric not in scores:
             raise ValueError(f"--metric {metric!r} is not among the scores ({', '.join(scores)}); check "
@@ -151,22 +151,23 @@ def tuned_groupers(run_dir: Path) -> list[str]:
 
 
 def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 24, metric: str = "AP",
-             overwrite: bool = False, overrides: list[str] = ()) -> dict[str, tuple[Trial, Trial, list[Trial]]]:
+             overwrite: bool = False, overrides: list[str] = (), write: bool = True
+             ) -> dict[str, tuple[Trial, Trial, list[Trial]]]:
     """Tune the groupers `names` (default: every registered one, the config's first) of a trained run on
     its tune split, with the run's config and `overrides` (eval keys, say). Their chosen blocks go into
     tuned.yaml and every trial into tune.json, beside the entries of groupers tuned before (a grouper
-    already there is tuned again only with `overwrite`). Returns grouper -> (the config's trial, the
-    best trial, every trial)."""
+    already there is tuned again only with `overwrite`; with `write` False nothing is written).
+    Returns grouper -> (the config's trial, the best trial, every trial)."""
     run_dir = Path(run_dir)
     metric_family(metric)  # a bad metric, grouper or budget fails before the network runs
     if trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
     config, model, ckpt = load_run(run_dir, overrides, tuned=False)
-    names = names or [*config.grouping, *(n for n in GROUPERS.names() if n not in config.grouping)]
+    names = names or default_groupers(list(config.grouping))
     for name in names:
         GROUPERS.get(name)
     done = [n for n in names if n in tuned_groupers(run_dir)]
-    if done and not overwrite:
+    if done and write and not overwrite:
         raise FileExistsError(f"{run_dir / TUNED_FILE} already holds {', '.join(done)}; use --overwrite to tune "
                               "again, or --groupers to tune others")
     dataset = dataset_for_split(config, TUNE_SPLIT)
@@ -176,11 +177,14 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
     with tempfile.TemporaryDirectory(prefix="embedseg-tune-") as folder:  # the network runs once per image
         cache = cache_outputs(build_predictor(config, model), dataset, folder)
         for name in names:
-            best, tried = tune_grouper(name, config.grouping.get(name), dataset, cache, evaluators, metric, trials)
+            best, tried = tune_grouper(name, config.grouping.get(name), dataset, cache, evaluators, metric, trials,
+                                       config.eval.oracle)
             results[name] = (tried[0], best, tried)
-    tuned_on = {"split": TUNE_SPLIT, "images": len(dataset), "data_tune": config.data.tune, "metric": metric,
+    tuned_on = {"split": TUNE_SPLIT, "images": len(dataset), "data_tune": config.data.tune, "oracle": config.eval.oracle,
+                "metric": metric,
                 "trials": trials, "checkpoint": find_checkpoint(run_dir).name, "step": ckpt.get("step")}
-    write_tuned(run_dir, results, tuned_on)
+    if write:
+        write_tuned(run_dir, results, tuned_on)
     return results
 
 

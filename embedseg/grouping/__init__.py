@@ -7,10 +7,11 @@ from embedseg.grouping.base import Grouper
 from embedseg.grouping.components import ConnectedComponentsGrouper
 from embedseg.grouping.hdbscan import HDBSCANGrouper
 from embedseg.grouping.meanshift import MeanShiftGrouper
+from embedseg.grouping.oracle_centres import OracleCentresGrouper
 from embedseg.grouping.postprocess import DropRelativelySmall, DropSmall, MergeContinuous, SplitDisconnected
-from embedseg.grouping.registry import GROUPERS, POSTPROCESS, build_grouper, build_postprocess
+from embedseg.grouping.registry import GROUPERS, POSTPROCESS, build_grouper, build_postprocess, default_groupers
 from embedseg.grouping.seeds import SeedsGrouper
 
 __all__ = ["GROUPERS", "POSTPROCESS", "ConnectedComponentsGrouper", "DropRelativelySmall", "DropSmall", "Grouper",
-           "HDBSCANGrouper", "MeanShiftGrouper", "MergeContinuous", "SeedsGrouper", "SplitDisconnected",
-           "build_grouper", "build_postprocess"]
+           "HDBSCANGrouper", "MeanShiftGrouper", "MergeContinuous", "OracleCentresGrouper", "SeedsGrouper",
+           "SplitDisconnected", "build_grouper", "build_postprocess", "default_groupers"]

@@ -43,6 +43,8 @@ class Grouper:
     """
 
     search_space: ClassVar[dict[str, list]] = {}
+    # a grouper that reads ground truth (eval.oracle) is left out of "every grouper" defaults
+    oracle: ClassVar[bool] = False
 
     def __init__(self, postprocess: list[str | dict] | None = None):
         self.postprocess = build_postprocess(postprocess)  # None: no post-processing

@@ -43,3 +43,8 @@ def build_postprocess(steps: list[str | dict] | None = None) -> list:
 def build_grouper(name: str, postprocess: list[str | dict] | None = None, **params):
     """The grouper `name` with its parameters, followed by the `postprocess` steps."""
     return GROUPERS.build(name, postprocess=postprocess, **params)
+
+
+def default_groupers(first: list[str] = ()) -> list[str]:
+    """`first`, then every other registered grouper that needs no ground truth: what "every grouper" means."""
+    return [*first, *(n for n in GROUPERS.names() if n not in first and not GROUPERS.get(n).oracle)]

@@ -9,6 +9,7 @@ second call continues where the first stopped.
 """
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import subprocess
@@ -74,26 +75,40 @@ def run_row(suite: Suite, row: Row, budget: str, seed: int, run_dir: Path) -> di
         overwrite = run_dir.is_dir() and not last.is_file()  # a start that failed before its first checkpoint
         train(config, run_dir, resume=last.is_file(), overwrite=overwrite)
         seconds["train"] = time.perf_counter() - start
-    if row.grouper not in tuned_groupers(run_dir):
-        log.info("%s: %r seed %d: tuning %s on the tune split", suite.name, row.name, seed, row.grouper)
-        start = time.perf_counter()
-        tune_run(run_dir, [row.grouper], suite.budget_trials(budget), suite.tune_metric, overrides=suite.evaluate)
-        seconds["tune"] = time.perf_counter() - start
     start = time.perf_counter()
-    config, model, ckpt = load_run(run_dir, suite.evaluate)
+    evaluate = tune_row(suite, row, budget, run_dir)
+    seconds["tune"] = time.perf_counter() - start
+    start = time.perf_counter()
+    config, model, ckpt = load_run(run_dir, evaluate)
     split = config.eval.split
     results, run = compare_groupers(config, model, ckpt["class_names"], [row.grouper], split, config.eval.max_images)
-    record_scores(run_dir, config, ckpt, split, results, run)
+    if not row.evaluate:  # an ablation's scores stay in its row's result, out of the run's metrics.json
+        record_scores(run_dir, config, ckpt, split, results, run)
     seconds["evaluate"] = time.perf_counter() - start
     result = {"suite": suite.name, "row": row.name, "budget": budget, "seed": seed, "grouper": row.grouper,
               "split": split, "images": len(run.names), "split_images": run.split_images,
               "scores": results[row.grouper], "grouping": config.grouping[row.grouper],
-              "tuned_by": {"metric": suite.tune_metric, "trials": suite.budget_trials(budget)},
-              "seconds": seconds, "config": str(row.config_for(budget)), "overrides": row_overrides(suite, row, budget,
-                                                                                                      seed),
-              **provenance()}
+              "tuned_by": {"metric": suite.tune_metric, "trials": suite.budget_trials(budget)}, "seconds": seconds,
+              "config": str(row.config_for(budget)), "overrides": row_overrides(suite, row, budget, seed),
+              "evaluate": evaluate, **provenance()}
     write_json(result_file(run_dir, row), result, indent=2)
     return result
+
+
+def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> list[str]:
+    """Tune the row's grouper on the tune split (into the run's tuned.yaml, unless already there); the
+    overrides its evaluation runs with. A row with its own `evaluate` overrides (an ablation) keeps
+    its choice to itself: it goes into those overrides, not into tuned.yaml."""
+    evaluate = [*suite.evaluate, *row.evaluate]
+    trials = suite.budget_trials(budget)
+    if row.evaluate:
+        log.info("%s: %r: tuning %s on the tune split (%s)", suite.name, row.name, row.grouper, row.evaluate)
+        best = tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate, write=False)
+        return [*evaluate, f"grouping.{row.grouper}={json.dumps(best[row.grouper][1].block)}"]
+    if row.grouper not in tuned_groupers(run_dir):
+        log.info("%s: %r: tuning %s on the tune split", suite.name, row.name, row.grouper)
+        tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate)
+    return evaluate
 
 
 def provenance() -> dict:

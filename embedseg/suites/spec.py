@@ -16,6 +16,7 @@
         grouper: meanshift
         set: [model.embedding_dim=8]  # optional: the row's own overrides
         run: dsb  # optional: rows that name the same run share its training (one network, several groupers)
+        evaluate: [eval.oracle=[foreground]]  # optional: the row's own tune and evaluation overrides (ablations)
     budgets:  # overrides per budget; smoke runs the cpu config with these
       smoke: {set: [train.steps=3], trials: 2}
 
@@ -50,6 +51,7 @@ class Row:
     grouper: str
     overrides: list[str] = field(default_factory=list)
     run: str = ""  # the run folder's name; rows with the same one share the trained network
+    evaluate: list[str] = field(default_factory=list)  # the row's own tune/evaluation overrides
 
     def config_for(self, budget: str) -> Path | None:
         return self.configs.get("cpu" if budget == "smoke" else budget)
@@ -114,7 +116,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         if len(ref.values) != len(columns):
             raise ConfigError(f"{where}: reference {ref.name!r} has {len(ref.values)} values for {len(columns)} columns")
     rows = [Row(r["name"], {b: (path.parent / p).resolve() for b, p in r["config"].items()}, r["grouper"],
-                list(r.get("set") or []), r.get("run", "")) for r in raw.get("rows") or []]
+                list(r.get("set") or []), r.get("run", ""), list(r.get("evaluate") or [])) for r in raw.get("rows") or []]
     for row in rows:
         if set(row.configs) - set(BUDGETS):
             raise ConfigError(f"{where}: row {row.name!r} names a budget outside {', '.join(BUDGETS)}")
