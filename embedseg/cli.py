@@ -140,7 +140,7 @@ def cmd_tune(args) -> int:
     from embedseg.engine.tuning import format_tuning, tune_run
 
     names = [n.strip() for n in args.groupers.split(",") if n.strip()] if args.groupers else None
-    results = tune_run(args.run_dir, names, args.trials, args.metric, args.overwrite)
+    results = tune_run(args.run_dir, names, args.trials, args.metric, args.overwrite, overrides=args.set)
     print(f"\n{args.metric} on the tune split of {args.run_dir}, the config's parameters and the best of "
           f"{args.trials} trials per grouper:\n\n{format_tuning(results, args.metric)}\n")
     print(f"chosen:  {Path(args.run_dir) / 'tuned.yaml'} (evaluate, compare-grouping and predict use it)\n"
@@ -335,7 +335,8 @@ def add_tune_command(sub) -> None:
                                                           "every grouper (default 24)")
     p.add_argument("--metric", default="AP", help="what to maximise: AP (COCO, default), AP50, match_AP50, SBD, "
                                                   "... (abs_DiC is minimised)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run's tuned.yaml and tune.json")
+    p.add_argument("--overwrite", action="store_true", help="tune again groupers the run's tuned.yaml already holds")
+    add_set(p)
     p.set_defaults(func=cmd_tune)
 
 

@@ -583,3 +583,13 @@ def test_plot_ap_vs_time_places_each_grouper_by_time_and_ap(tmp_path):
     assert xa < xc < xb  # time grows to the right
     assert ya < yc < yb  # AP grows upwards (image rows downwards)
     assert (yc - ya) / (yb - ya) == pytest.approx((80 - 30) / 80, abs=0.05)  # a linear AP axis
+
+
+def test_random_seed_order_ignores_the_seediness():
+    outputs, gt = planted(touching=False)
+    outputs["seediness"][:] = 0.0  # no pixel is a confident seed
+    assert len(build_grouper("seeds")(outputs)) == 0  # ranked by seediness: nothing is eligible
+    pred = build_grouper("seeds", seed_order="random")(outputs)  # random ranks: every object still gets a seed
+    assert_exact_recovery(pred, gt)
+    with pytest.raises(ValueError, match="seed_order"):
+        build_grouper("seeds", seed_order="best")

@@ -20,6 +20,8 @@ from embedseg.grouping.registry import GROUPERS
 from embedseg.losses.metric import pair_similarity
 from embedseg.structures import Instances
 
+SEED_ORDERS = ("seediness", "random")
+
 
 @GROUPERS.register("seeds")
 class SeedsGrouper(Grouper):
@@ -27,7 +29,8 @@ class SeedsGrouper(Grouper):
 
     1. Seeds: the candidate of highest seediness first; then, again and again, the candidate
        maximising seediness(p) * (min distance in embedding space from p to the seeds taken)**power,
-       up to `max_seeds`. Candidates are at most `num_candidates` foreground pixels drawn with
+       up to `max_seeds`. With `seed_order: random` (Fathi et al.'s baseline) the candidates are
+       taken in a random order drawn with `random_state` instead, distance and seediness unused. Candidates are at most `num_candidates` foreground pixels drawn with
        `random_state` (all of them in smaller images). The choice stops early when no candidate
        with seediness >= `min_seediness` is left; with `exclude_covered`, a candidate already
        inside a taken seed's mask (similarity above the largest tau) is no longer a candidate,
@@ -43,14 +46,16 @@ class SeedsGrouper(Grouper):
        a loose mask into parts that repeat a tighter mask of the same seed.
     """
 
-    search_space: ClassVar[dict[str, list]] = {"tau": [0.3, 0.5, 0.7], "min_seediness": [0.05, 0.1, 0.2, 0.3], "iou_threshold": [0.3, 0.5, 0.7],
-                    "min_size": MIN_SIZES}
+    search_space: ClassVar[dict[str, list]] = {"tau": [0.3, 0.5, 0.7], "min_seediness": [0.05, 0.1, 0.2, 0.3],
+                                               "iou_threshold": [0.3, 0.5, 0.7], "min_size": MIN_SIZES}
 
     def __init__(self, tau: float | list[float] = 0.5, max_seeds: int = 100, power: float = 1.0,
                  min_seediness: float = 0.1, iou_threshold: float = 0.5, min_size: int = 20,
                  num_candidates: int | None = 4096, exclude_covered: bool = True, random_state: int = 0,
-                 postprocess: list[str | dict] | None = None):
+                 seed_order: str = "seediness", postprocess: list[str | dict] | None = None):
         super().__init__(postprocess)
+        if seed_order not in SEED_ORDERS:
+            raise ValueError(f"seed_order must be one of {', '.join(SEED_ORDERS)}, got {seed_order!r}")
         taus = [tau] if isinstance(tau, (int, float)) else list(tau)
         if not taus or not all(0.0 < t < 1.0 for t in taus):
             raise ValueError(f"tau must be a similarity in (0, 1) or a non-empty list of them, got {tau!r}")
@@ -65,7 +70,7 @@ class SeedsGrouper(Grouper):
         self.taus = sorted(taus)
         self.max_seeds, self.power, self.min_seediness = max_seeds, power, min_seediness
         self.iou_threshold, self.min_size, self.num_candidates = iou_threshold, min_size, num_candidates
-        self.exclude_covered, self.random_state = exclude_covered, random_state
+        self.exclude_covered, self.random_state, self.seed_order = exclude_covered, random_state, seed_order
 
     def propose(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_index, x, (h, w) = foreground_embeddings(outputs)
@@ -74,8 +79,14 @@ class SeedsGrouper(Grouper):
         seediness = pixel_values(outputs, "seediness", pixel_index)
         seediness = torch.ones(len(x)) if seediness is None else seediness
 
-        candidates = subsample(len(x), self.num_candidates, random_generator(self.random_state))
-        seeds = candidates[self._choose_seeds(x[candidates], seediness[candidates])]
+        generator = random_generator(self.random_state)
+        candidates = subsample(len(x), self.num_candidates, generator)
+        if self.seed_order == "random":  # a random rank in (0, 1] for every candidate, seediness unused
+            priority = 1 - torch.rand(len(candidates), generator=generator)
+            seeds = candidates[self._choose_seeds(x[candidates], priority, priority > 0, power=0.0)]
+        else:
+            priority = seediness[candidates]
+            seeds = candidates[self._choose_seeds(x[candidates], priority, priority >= self.min_seediness, self.power)]
         if len(seeds) == 0:
             return no_masks((h, w))
 
@@ -93,15 +104,16 @@ class SeedsGrouper(Grouper):
                         self.iou_threshold)
         return instances.select(keep.numpy())
 
-    def _choose_seeds(self, xc: torch.Tensor, seediness: torch.Tensor) -> torch.Tensor:
-        """Indices into the candidates xc [C, D] of the greedily chosen seeds, in order."""
+    def _choose_seeds(self, xc: torch.Tensor, seediness: torch.Tensor, eligible: torch.Tensor,
+                      power: float) -> torch.Tensor:
+        """Indices into the candidates xc [C, D] of the greedily chosen seeds, in order: the `eligible` one
+        maximising seediness x distance**power each time."""
         xc_sq = xc.pow(2).sum(1)
-        eligible = seediness >= self.min_seediness
         min_sq_distance = torch.full((len(xc),), float("inf"))
         covered_similarity = self.taus[-1]  # the largest tau gives the tightest mask
         seeds = []
         while len(seeds) < self.max_seeds and eligible.any():
-            gain = seediness if not seeds else seediness * min_sq_distance.pow(self.power / 2)  # d**power
+            gain = seediness if not seeds else seediness * min_sq_distance.pow(power / 2)  # d**power
             gain = torch.where(eligible, gain, torch.tensor(-1.0))
             j = int(torch.argmax(gain))
             if seeds and gain[j] <= 0:  # every candidate left sits on a seed already
