@@ -29,7 +29,7 @@ import torch
 
 from embedseg.config import ConfigError, load_config
 from embedseg.engine.checkpoint import load_checkpoint
-from embedseg.engine.trainer import sync_batch_norm, train
+from embedseg.engine.trainer import epoch_loader, sync_batch_norm, train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -217,3 +217,32 @@ def test_sync_bn_turns_batch_norm_into_sync_batch_norm_and_refuses_a_network_wit
     reference.load_state_dict(synced.state_dict())  # its checkpoints load into the network without it
     with pytest.raises(ConfigError, match="train.sync_bn = true, but the network has no BatchNorm layer"):
         sync_batch_norm(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4)), torch.device("cpu"))
+
+
+class Draws(torch.utils.data.Dataset):
+    """Item i: (i, a number drawn from torch's generator), as an augmentation draws."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return {"index": index, "draw": torch.rand(())}
+
+
+def loaded(rank: int, world_size: int, num_workers: int = 0, skip: int = 0) -> list[dict]:
+    torch.manual_seed(0)
+    return list(epoch_loader(Draws(), 4, num_workers, seed=7, skip=skip, rank=rank, world_size=world_size))
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_each_rank_takes_its_slice_of_the_batches_one_process_takes(skip):
+    whole = [batch["index"].tolist() for batch in loaded(0, 1, skip=skip)]
+    halves = [[batch["index"].tolist() for batch in loaded(rank, 2, skip=skip)] for rank in (0, 1)]
+    assert len(whole) == 2 - skip  # 10 images in batches of 4: the last 2 are dropped
+    assert [first + second for first, second in zip(*halves)] == whole
+
+
+def test_worker_draws_repeat_for_a_worker_count_and_differ_between_ranks():
+    rank0, again, rank1 = loaded(0, 2, num_workers=1), loaded(0, 2, num_workers=1), loaded(1, 2, num_workers=1)
+    assert all(torch.equal(a["draw"], b["draw"]) for a, b in zip(rank0, again))
+    assert not any(torch.equal(a["draw"], b["draw"]) for a, b in zip(rank0, rank1))
