@@ -13,6 +13,10 @@ of an epoch (workers that start afresh draw other augmentations for the rest of 
 SIGTERM finish the current step, save last.pt and raise `TrainingInterrupted`. A non-finite loss or
 gradient is caught before the optimiser steps (`train.on_nonfinite`), and no checkpoint is ever
 written with non-finite weights.
+
+Under torchrun N processes train one model with DistributedDataParallel, `train.batch_size` being
+the batch of all of them together (what that makes equal to one process: `TrainingRun`); rank 0
+alone writes, and signals and non-finite steps stop every rank after the same step.
 """
 from __future__ import annotations
 
