@@ -1,4 +1,4 @@
-"""Command line: `embedseg train|evaluate|compare-grouping|predict|data|config` (also `python -m embedseg`)."""
+"""Command line: `embedseg train|evaluate|compare-grouping|tune|reproduce|table|predict|data|config` (also `python -m embedseg`)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,7 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     "<split>[:N]" when only the first N images were scored); draw the overlays (over an existing
     figure only with `overwrite_overlays`)."""
     from embedseg.engine.evaluator import compare_groupers
+    from embedseg.engine.metrics_file import record_scores
     from embedseg.evaluation.tables import format_table, metric_columns
     from embedseg.viz import plot_grouping_comparison
 
@@ -35,12 +36,11 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     if figure.exists() and not overwrite_overlays:
         notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
     else:
-        plot_grouping_comparison(run.images, run.ground_truth[: len(run.images)],
-                                 {n: p[: len(run.images)] for n, p in run.predictions.items()}, figure)
+        plot_grouping_comparison(run.images, run.ground_truth, run.predictions, figure)
     keys = metric_columns(results, TABLE_KEYS)  # the columns of the metrics the config asked for
     coco = (f"COCO mask AP with maxDets {ev.max_dets}, class-aware unless marked agnostic; "
             if "coco" in ev.metrics else "")
-    print(f"\n{', '.join(ev.metrics)} on {split} ({len(run.ground_truth)} images); {coco}"
+    print(f"\n{', '.join(ev.metrics)} on {split} ({len(run.names)} images); {coco}"
           f"percent, except DiC / abs_DiC (objects per image)")
     print(format_table(results, keys=keys, first="grouper"))
     timing = {n: {"group ms (median)": m["group_ms_median"], "inst/img": m["instances_per_image"]}
@@ -52,20 +52,6 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     for note in notes:
         print(f"note: {note}")
     return results
-
-
-def record_scores(run_dir: Path, config, ckpt: dict, split: str, results: dict, run) -> tuple[str, list[str]]:
-    """Merge `results` into metrics.json with what they were scored on: (the entry's key, notes on
-    entries replaced that had been scored otherwise)."""
-    from embedseg.engine.metrics_file import grouper_parameters, metrics_key, record_metrics, scored_on
-    from embedseg.engine.run import find_checkpoint
-
-    checkpoint = find_checkpoint(run_dir).name
-    provenance = {name: scored_on(split, run.names, run.split_images, grouper_parameters(name, config.grouping.get(name)),
-                                  config.eval.max_dets, checkpoint, ckpt.get("step"))
-                  for name in results}
-    key = metrics_key(split, len(run.names), run.split_images)
-    return key, record_metrics(run_dir / "metrics.json", key, results, provenance)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -106,7 +92,7 @@ def cmd_evaluate(args) -> int:
     overrides = list(args.set)
     if args.max_images is not None:
         overrides.append(f"eval.max_images={args.max_images}")
-    config, model, ckpt = load_run(args.run_dir, overrides)
+    config, model, ckpt = load_run(args.run_dir, overrides, tuned=not args.untuned)
     names = args.grouping.split(",") if args.grouping else list(config.grouping)
     evaluate_and_report(Path(args.run_dir), config, model, ckpt, names, args.split or config.eval.split,
                         overwrite_overlays=args.overwrite)
@@ -120,7 +106,7 @@ def cmd_compare_grouping(args) -> int:
     from embedseg.viz import plot_ap_vs_time, plot_grouping_comparison
 
     run_dir = Path(args.run_dir)
-    config, model, ckpt = load_run(run_dir, args.set)
+    config, model, ckpt = load_run(run_dir, args.set, tuned=not args.untuned)
     if args.threads:
         import torch
 
@@ -133,22 +119,74 @@ def cmd_compare_grouping(args) -> int:
         raise FileExistsError(f"{', '.join(existing)} already exist; use --overwrite to replace them")
     names = [n.strip() for n in args.groupers.split(",") if n.strip()] if args.groupers else None
     max_images = args.max_images if args.max_images is not None else config.eval.max_images
-    results, run = compare_groupers(config, model, ckpt["class_names"], names, split, max_images)
+    results, run = compare_groupers(config, model, ckpt["class_names"], names, split, max_images,
+                                    cache_dir=args.cache, overwrite_cache=args.overwrite)
 
     network_ms = float(np.median(run.network_ms))
-    title = (f"Grouping on {split} of {run_dir} ({len(run.ground_truth)} images): COCO mask AP (percent, "
+    title = (f"Grouping on {split} of {run_dir} ({len(run.names)} images): COCO mask AP (percent, "
              f"maxDets {config.eval.max_dets}), instances per image, grouping time per image (network "
              f"{network_ms:.1f} ms/image, run once for all groupers)")
     table = format_grouping_table(results)
     write_text(paths["table"], f"{title}\n\n{table}\n")
-    write_json(paths["json"], {"split": split, "num_images": len(run.ground_truth), "network_ms_median": network_ms,
+    write_json(paths["json"], {"split": split, "num_images": len(run.names), "network_ms_median": network_ms,
                                "groupers": results}, indent=2)
-    n = len(run.images)
-    plot_grouping_comparison(run.images, run.ground_truth[:n], {k: p[:n] for k, p in run.predictions.items()},
-                             paths["overlays"])
-    plot_ap_vs_time(results, paths["ap_time"], title=f"{run_dir.name}, {split} ({len(run.ground_truth)} images)")
+    plot_grouping_comparison(run.images, run.ground_truth, run.predictions, paths["overlays"])
+    plot_ap_vs_time(results, paths["ap_time"], title=f"{run_dir.name}, {split} ({len(run.names)} images)")
     print(f"\n{title}\n\n{table}\n")
     print("\n".join(f"{what + ':':9}{path}" for what, path in paths.items()))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from embedseg.engine.tuning import format_tuning, tune_run
+
+    names = [n.strip() for n in args.groupers.split(",") if n.strip()] if args.groupers else None
+    results = tune_run(args.run_dir, names, args.trials, args.metric, args.overwrite)
+    print(f"\n{args.metric} on the tune split of {args.run_dir}, the config's parameters and the best of "
+          f"{args.trials} trials per grouper:\n\n{format_tuning(results, args.metric)}\n")
+    print(f"chosen:  {Path(args.run_dir) / 'tuned.yaml'} (evaluate, compare-grouping and predict use it)\n"
+          f"trials:  {Path(args.run_dir) / 'tune.json'}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from embedseg.engine.faults import TrainingInterrupted
+    from embedseg.suites import load_suite
+    from embedseg.suites.render import collect, format_table
+    from embedseg.suites.reproduce import reproduce
+
+    suite = load_suite(args.suite)
+    again = f"embedseg reproduce {args.suite} --budget {args.budget} --seeds {args.seeds} --runs {args.runs}"
+    try:
+        reproduce(suite, args.budget, args.seeds, Path(args.runs))
+    except TrainingInterrupted as e:  # the row's last.pt was saved: the same command continues it
+        print(f"embedseg reproduce: {e}; continue with: {again}", file=sys.stderr)
+        return e.exit_status
+    print(f"\n{suite.title} ({args.budget} budget)\n\n{format_table(suite, collect(suite, args.budget, Path(args.runs)))}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from embedseg.outputs import write_text
+    from embedseg.suites import load_suite, suite_names
+    from embedseg.suites.render import collect, draw_figure, experiments_markdown, format_table
+
+    runs = Path(args.runs)
+    if args.all:
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; use --overwrite to replace it")
+        write_text(out, experiments_markdown([load_suite(n) for n in suite_names()], args.budget, runs, out))
+        print(f"{out}: {len(suite_names())} suites at the {args.budget} budget")
+        return 0
+    if not args.suite:
+        raise ValueError("name a suite (shipped: " + ", ".join(suite_names()) + ") or use --all")
+    suite = load_suite(args.suite)
+    rows = collect(suite, args.budget, runs)
+    print(format_table(suite, rows, args.format))
+    figure = draw_figure(suite, rows, runs / suite.name / args.budget / f"{suite.name}_{args.budget}.png", args.budget)
+    if figure is not None:
+        print(f"figure: {figure}", file=sys.stderr)
     return 0
 
 
@@ -160,7 +198,7 @@ def cmd_predict(args) -> int:
     check_out_folder(out, args.overwrite)  # before the slow part
     paths = list_images(args.images)
     stems = output_stems(paths)
-    config, model, ckpt = load_run(args.run_dir, args.set)
+    config, model, ckpt = load_run(args.run_dir, args.set, tuned=not args.untuned)
     name = args.grouping or next(iter(config.grouping))
     grouper = build_groupers(config, [name])[name]
     predictor = build_predictor(config, model)
@@ -212,6 +250,11 @@ def cmd_data_check(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def add_untuned(p) -> None:
+    p.add_argument("--untuned", action="store_true",
+                   help="the grouping parameters of the run's config, not those `embedseg tune` chose (tuned.yaml)")
+
+
 def add_set(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
@@ -240,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, help="evaluate only the first N images (stored in metrics.json "
                                                   "under '<split>[:N]', apart from the whole split's scores)")
     p.add_argument("--overwrite", action="store_true", help="redraw overlays_<split>.png when it exists")
+    add_untuned(p)
     add_set(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -249,9 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the config's parameters where it has a grouping block)")
     p.add_argument("--split", help="split to compare on (default: eval.split of the config)")
     p.add_argument("--max-images", type=int, help="use only the first N images")
-    p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run "
+                                                            "(and a --cache folder of another network pass)")
+    p.add_argument("--cache", metavar="DIR", help="read the network outputs from the output cache in DIR, computing "
+                                                  "and caching them there (float16) first when it lacks them, so later "
+                                                  "comparisons skip the network")
     p.add_argument("--threads", type=int, help="torch CPU threads for the network and the groupers (default: "
                                                "torch's; 1 gives steadier times on a busy machine)")
+    add_untuned(p)
     add_set(p)
     p.set_defaults(func=cmd_compare_grouping)
 
@@ -262,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grouping", help="grouper name (default: the first in the config)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous prediction in --out (never "
                                                             "a folder that holds anything else)")
+    add_untuned(p)
     add_set(p)
     p.set_defaults(func=cmd_predict)
+
+    add_tune_command(sub)
+    add_suite_commands(sub)
 
     add_data_commands(sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True))
     q = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
@@ -272,6 +325,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(q)
     q.set_defaults(func=cmd_config_show)
     return parser
+
+
+def add_tune_command(sub) -> None:
+    p = sub.add_parser("tune", help="choose each grouper's parameters on the run's tune split (data.tune): "
+                                    "tuned.yaml, which evaluate, compare-grouping and predict then use")
+    p.add_argument("run_dir")
+    p.add_argument("--groupers", help="grouper names, comma separated (default: every registered grouper)")
+    p.add_argument("--trials", type=int, default=24, help="parameter settings scored per grouper, the same for "
+                                                          "every grouper (default 24)")
+    p.add_argument("--metric", default="AP", help="what to maximise: AP (COCO, default), AP50, match_AP50, SBD, "
+                                                  "... (abs_DiC is minimised)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run's tuned.yaml and tune.json")
+    p.set_defaults(func=cmd_tune)
+
+
+def add_suite_commands(sub) -> None:
+    from embedseg.suites.spec import BUDGETS
+
+    p = sub.add_parser("reproduce", help="train, tune and evaluate every unfinished row of a paper-table suite "
+                                         "(experiments/<suite>/suite.yaml), then print its table")
+    p.add_argument("suite", help="suite name (a folder of experiments/) or path to a suite.yaml")
+    p.add_argument("--budget", default="cpu", choices=BUDGETS, help="smoke: minutes, to check the pipeline; cpu "
+                                                                    "(default): the CPU configs; full: the papers'")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
+    p.add_argument("--runs", default="runs", help="where the rows' runs go: <runs>/<suite>/<budget>/<row>/seed<k>")
+    p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("table", help="a suite's table and figure from its finished runs; --all writes EXPERIMENTS.md")
+    p.add_argument("suite", nargs="?", help="suite name or path to a suite.yaml")
+    p.add_argument("--all", action="store_true", help="every shipped suite into --out (EXPERIMENTS.md)")
+    p.add_argument("--budget", default="cpu", choices=BUDGETS)
+    p.add_argument("--format", default="md", help="md (default), csv or tex")
+    p.add_argument("--runs", default="runs", help="the runs folder `reproduce` wrote (default runs)")
+    p.add_argument("--out", default="EXPERIMENTS.md", help="with --all: the file to write (default EXPERIMENTS.md)")
+    p.add_argument("--overwrite", action="store_true", help="with --all: replace --out")
+    p.set_defaults(func=cmd_table)
 
 
 def add_data_commands(data_sub) -> None:

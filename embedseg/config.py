@@ -37,6 +37,9 @@ class DataConfig:
     split_params: dict = field(default_factory=dict)  # per split overrides, e.g. {val: {num_images: 100}}
     train_split: str = "train"
     val_split: str = "val"  # scored during training (train.eval_every) to pick best.pt
+    # {fraction, seed}: that fraction of train_split's images, drawn with seed, becomes the split "tune"
+    # (grouping parameters are chosen on it: `embedseg tune`) and training never sees them
+    tune: dict | None = None
     crop_size: int | None = None  # random crops of this side for training (None: whole images)
     flip: bool = True  # random horizontal and vertical flips
     rot90: bool = True  # random multiples of 90 degrees
@@ -293,6 +296,16 @@ def _check_choice(value: str, choices, key: str):
         raise ConfigError(f"{key} = {value!r} is not one of: {', '.join(choices)}")
 
 
+def _check_tune(tune) -> None:
+    if tune is None:
+        return
+    fraction = tune.get("fraction") if isinstance(tune, dict) else None
+    if set(tune if isinstance(tune, dict) else ()) - {"fraction", "seed"} or not isinstance(fraction, float) \
+            or not 0 < fraction < 1 or not isinstance(tune.get("seed", 0), int):
+        raise ConfigError(f"data.tune = {tune!r}: expected {{fraction: F, seed: S}} with 0 < F < 1 and an integer S "
+                          "(seed defaults to 0), e.g. {fraction: 0.1, seed: 0}")
+
+
 def _named_block(block, registry, key: str) -> tuple[str, dict]:
     """(name, params) of a `{name: ..., params}` block."""
     if not isinstance(block, dict) or "name" not in block:
@@ -351,6 +364,7 @@ def _validate(config: Config) -> None:
         if not isinstance(params, dict):
             raise ConfigError(f"data.split_params.{split} must be a mapping of dataset parameters")
         DATASETS.check_params(config.data.dataset["name"], params, f"data.split_params.{split}", ("split",))
+    _check_tune(config.data.tune)
     _check_choice(config.train.schedule, SCHEDULES, "train.schedule")
     _check_choice(config.train.device, DEVICES, "train.device")
     _check_choice(config.train.on_nonfinite, ON_NONFINITE, "train.on_nonfinite")

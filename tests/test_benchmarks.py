@@ -24,6 +24,18 @@ def test_loss_benchmark_runs_and_writes_every_row(tmp_path):
     assert "| discriminative | 3 |" in result.stdout
 
 
+def test_evaluation_benchmark_runs_one_subprocess_per_image_count(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--images", "1", "3", "--size", "64", "--instances", "4", "--json", str(out)]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "evaluation.py"), *args], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["images"] for r in rows] == [1, 3]
+    assert all(r["peak_rss_mb"] > 0 and 0 <= r["AP"] <= 1 for r in rows)
+    assert "| 3 |" in result.stdout
+
+
 TINY_TRAINING = """
 data:
   dataset: {name: synthetic, size: 32, num_images: 8, min_objects: 1, max_objects: 2, min_radius: 3, max_radius: 6}

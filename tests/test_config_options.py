@@ -76,4 +76,4 @@ def test_num_overlays_keeps_that_many_images(tiny_config_file):
     config = load_config(tiny_config_file, ["eval.num_overlays=1"])
     model = build_network(config, 2).eval()
     _, run = compare_groupers(config, model, ["disc", "box"], ["components"], "val", progress=False)
-    assert len(run.ground_truth) == 2 and len(run.images) == 1
+    assert len(run.names) == 2 and len(run.images) == len(run.ground_truth) == len(run.predictions["components"]) == 1

@@ -94,7 +94,7 @@ def test_datasets_resolve_under_embedseg_data(name, shared_data, monkeypatch, tm
         pytest.skip(f"{shared_data / config.data.dataset['root']} not found")
     monkeypatch.setenv("EMBEDSEG_DATA", str(shared_data))
     monkeypatch.chdir(tmp_path)  # the root must come from EMBEDSEG_DATA, not from the current folder
-    dataset = dataset_for_split(config, config.data.train_split)
-    assert dataset.root == shared_data / config.data.dataset["root"]
+    assert dataset_for_split(config, "val").root == shared_data / config.data.dataset["root"]
+    dataset = dataset_for_split(config, config.data.train_split)  # train without its tune tenth
     crop = TrainTransform.from_config(config.data)(dataset[0])
     assert crop["image"].shape == (3, config.data.crop_size, config.data.crop_size)

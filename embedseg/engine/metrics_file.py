@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embedseg.engine.run import find_checkpoint
 from embedseg.grouping import GROUPERS
 from embedseg.outputs import write_json
 
@@ -58,3 +59,14 @@ def record_metrics(path: Path, key: str, results: dict[str, dict], provenance: d
         entries[name] = dict(scores, scored_on=new)
     write_json(path, metrics, indent=2)
     return notes
+
+
+def record_scores(run_dir: Path, config, ckpt: dict, split: str, results: dict, run) -> tuple[str, list[str]]:
+    """Merge `results` into metrics.json with what they were scored on: (the entry's key, notes on
+    entries replaced that had been scored otherwise)."""
+    checkpoint = find_checkpoint(run_dir).name
+    provenance = {name: scored_on(split, run.names, run.split_images, grouper_parameters(name, config.grouping.get(name)),
+                                  config.eval.max_dets, checkpoint, ckpt.get("step"))
+                  for name in results}
+    key = metrics_key(split, len(run.names), run.split_images)
+    return key, record_metrics(run_dir / "metrics.json", key, results, provenance)

@@ -1,18 +1,23 @@
 """Turn a config or a run directory into the objects that do the work."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from embedseg.config import Config, ConfigError, config_from_dict, load_config
 from embedseg.data import build_dataset
+from embedseg.data.tune import TUNE_SPLIT, split_train
 from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.predictor import Predictor
 from embedseg.grouping import build_grouper
 from embedseg.models import build_model
+
+TUNED_FILE = "tuned.yaml"  # the grouping blocks `embedseg tune` chose for a run
 
 
 def seed_everything(seed: int) -> None:
@@ -31,10 +36,22 @@ def select_device(name: str) -> torch.device:
 
 
 def dataset_for_split(config: Config, split: str):
-    """The dataset block of the config, with that split's overrides, built for `split`."""
+    """The dataset block of the config, with that split's overrides, built for `split`.
+
+    With `data.tune` set, "tune" is the part of the training split carved out for choosing grouping
+    parameters, and the training split is the rest (embedseg.data.tune).
+    """
+    tune = config.data.tune
+    if split == TUNE_SPLIT and not tune:
+        raise ConfigError("there is no tune split: the config has no data.tune (e.g. data.tune: {fraction: 0.1, "
+                          "seed: 0}), so its network was trained on every training image")
+    source = config.data.train_split if split == TUNE_SPLIT else split
     params = {k: v for k, v in config.data.dataset.items() if k != "name"}
-    params.update(config.data.split_params.get(split, {}))
-    return build_dataset(config.data.dataset["name"], split, **params)
+    params.update(config.data.split_params.get(source, {}))
+    dataset = build_dataset(config.data.dataset["name"], source, **params)
+    if tune and source == config.data.train_split:
+        return split_train(dataset, tune["fraction"], tune.get("seed", 0), split)
+    return dataset
 
 
 def build_network(config: Config, num_classes: int) -> torch.nn.Module:
@@ -61,16 +78,27 @@ def find_checkpoint(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir} holds no checkpoints/best.pt or checkpoints/last.pt: is it a run directory?")
 
 
-def load_run(run_dir: str | Path, overrides: list[str] = ()):
+def tuned_overrides(run_dir: Path) -> list[str]:
+    """The grouping blocks `embedseg tune` chose for a run (its tuned.yaml) as `--set` overrides."""
+    path = run_dir / TUNED_FILE
+    if not path.is_file():
+        return []
+    grouping = yaml.safe_load(path.read_text(encoding="utf-8")).get("grouping") or {}
+    return [f"grouping.{name}={json.dumps(block)}" for name, block in grouping.items()]
+
+
+def load_run(run_dir: str | Path, overrides: list[str] = (), tuned: bool = True):
     """(config, model in eval mode, checkpoint dict) of a trained run.
 
-    The config is the run's saved config.yaml with `overrides` applied (grouping or eval keys,
-    say); the weights come from best.pt, or last.pt when no evaluation picked a best one.
+    The config is the run's saved config.yaml, with the grouping blocks of its tuned.yaml (unless
+    `tuned` is False) and then `overrides` applied (grouping or eval keys, say); the weights come
+    from best.pt, or last.pt when no evaluation picked a best one.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     ckpt = load_checkpoint(find_checkpoint(run_dir))
+    overrides = [*(tuned_overrides(run_dir) if tuned else []), *overrides]
     config = load_config(run_dir / "config.yaml", overrides) if (run_dir / "config.yaml").exists() \
         else config_from_dict(ckpt["config"], where=str(run_dir))
     model = build_network(config, ckpt["num_classes"])

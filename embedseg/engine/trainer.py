@@ -44,7 +44,7 @@ from embedseg.config import Config, ConfigError, config_from_dict, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
 from embedseg.engine import distributed
 from embedseg.engine.checkpoint import changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from embedseg.engine.evaluator import run_groupers, score_groupers
+from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.faults import (
     NonFiniteError,
     StopSignals,
@@ -109,10 +109,10 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
 
 # ----------------------------------------------------------------------------- the run directory
 
-# What train, evaluate and compare-grouping write into a run directory (checkpoints/ holds
+# What train, evaluate, compare-grouping, tune and reproduce write into a run directory (checkpoints/ holds
 # CHECKPOINT_FILES). `--overwrite` removes these and nothing else, and refuses a folder that holds more.
 RUN_FILES = ("config.yaml", "env.txt", "log.jsonl", "metrics.json", "overlays_*.png",
-             "grouping_*.md", "grouping_*.json", "grouping_*.png")
+             "grouping_*.md", "grouping_*.json", "grouping_*.png", "tuned.yaml", "tune.json", "row_*.json")
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
 
@@ -263,8 +263,9 @@ def validation_ap(config: Config, model, train_dataset) -> float:
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
     run = run_groupers(build_predictor(config, model), val, build_groupers(config, [first]),
+                       config_evaluators(config, list(train_dataset.class_names), ["coco"]),
                        max_images=config.eval.max_images, keep_images=0, progress=False)
-    return score_groupers(run, list(train_dataset.class_names), config.eval.max_dets)[first]["AP"]
+    return score_groupers(run)[first]["AP"]
 
 
 # ----------------------------------------------------------------------------- resuming, determinism

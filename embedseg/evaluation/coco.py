@@ -86,6 +86,65 @@ def _summary(E: COCOeval, prefix: str = "", areas: bool = True) -> dict:
     return out
 
 
+class COCOEvaluator:
+    """COCO mask AP of a data set, one image at a time.
+
+    `process` encodes the image's ground truth, predictions and crowd region as RLE at once (with
+    labels and scores), so no dense mask outlives its call; `evaluate` builds the COCO objects
+    from them and gives `evaluate_coco`'s dict. `state()` is the plain, picklable list of
+    per-image records; `merge(states)` appends other evaluators' records (in image order) so that
+    one process can score images encoded elsewhere.
+    """
+
+    def __init__(self, class_names: list[str] | None = None, max_dets: int = 1000, class_agnostic: bool = True):
+        if max_dets < 1:
+            raise ValueError(f"max_dets must be >= 1, got {max_dets}")
+        self.class_names, self.max_dets, self.class_agnostic = class_names, int(max_dets), class_agnostic
+        self.reset()
+
+    def reset(self) -> None:
+        self.images: list[dict] = []
+
+    def process(self, ground_truth: Instances, prediction: Instances, crowd: np.ndarray | None = None) -> None:
+        """Encode one image; `crowd` is its ignore region (bool [H, W]) or None."""
+        check_image(len(self.images), ground_truth, prediction, crowd, self.class_names)
+        crowd = crowd if crowd is not None and np.any(crowd) else None
+        self.images.append({
+            "size": ground_truth.image_size,
+            "gt": _encode(ground_truth),
+            "pred": _encode(prediction),
+            "crowd": None if crowd is None else _encode(Instances(np.asarray(crowd, bool)[None], [1.0], [1])),
+        })
+
+    def state(self) -> list[dict]:
+        return list(self.images)
+
+    def merge(self, states: list[list[dict]]) -> None:
+        for state in states:
+            self.images.extend(state)
+
+    def evaluate(self) -> dict:
+        """AP, AP50, AP75, APs, APm, APl, AR, per_class, agnostic_* (see `evaluate_coco`)."""
+        names = self._category_names()
+        gt_coco, dt_coco = coco_datasets(self.images, names)
+        E = _run(gt_coco, dt_coco, self.max_dets, use_cats=True)
+        result = _summary(E)
+        result["per_class"] = _per_class(E, names)
+        if self.class_agnostic:
+            result.update(_summary(_run(gt_coco, dt_coco, self.max_dets, use_cats=False), "agnostic_", areas=False))
+        result.update(num_images=len(self.images), num_gt=sum(len(im["gt"]["labels"]) for im in self.images),
+                      num_pred=len(dt_coco.dataset["annotations"]), max_dets=self.max_dets)
+        return result
+
+    def _category_names(self) -> dict[int, str]:
+        """{class id: name} of every named class and every label that occurs, in id order."""
+        names = self.class_names
+        class_ids = set(range(1, len(names) + 1)) if names else set()
+        for im in self.images:
+            class_ids |= set(im["gt"]["labels"].tolist()) | set(im["pred"]["labels"].tolist())
+        return {c: (names[c - 1] if names else str(c)) for c in sorted(class_ids)}
+
+
 def evaluate_coco(
     ground_truth: list[Instances],
     predictions: list[Instances],
@@ -100,78 +159,67 @@ def evaluate_coco(
     APm, APl, AR (all with `max_dets` detections per image), `per_class` {name: AP},
     `agnostic_AP/AP50/AP75` when `class_agnostic`, and num_images, num_gt, num_pred, max_dets.
     See the module docstring for the max_dets default and NaN, crowd and agnostic conventions.
+    A `COCOEvaluator` fed the images one by one gives the same dict.
     """
-    check_inputs(ground_truth, predictions, class_names, max_dets, crowd)
-    names = category_names(ground_truth, predictions, class_names)
-    gt_coco, dt_coco = coco_datasets(ground_truth, predictions, names, crowd)
-
-    E = _run(gt_coco, dt_coco, max_dets, use_cats=True)
-    result = _summary(E)
-    result["per_class"] = _per_class(E, names)
-    if class_agnostic:
-        result.update(_summary(_run(gt_coco, dt_coco, max_dets, use_cats=False), "agnostic_", areas=False))
-    result.update(num_images=len(ground_truth), num_gt=sum(len(g) for g in ground_truth),
-                  num_pred=len(dt_coco.dataset["annotations"]), max_dets=int(max_dets))
-    return result
-
-
-def check_inputs(ground_truth: list[Instances], predictions: list[Instances], class_names: list[str] | None,
-                 max_dets: int, crowd: list[np.ndarray | None] | None) -> None:
-    """One prediction and at most one crowd mask per image, of the image's size; labels in 1..len(class_names)."""
     if len(ground_truth) != len(predictions):
         raise ValueError(f"evaluate_coco needs one prediction per image: {len(ground_truth)} "
                          f"ground-truth images, {len(predictions)} predictions")
     if crowd is not None and len(crowd) != len(ground_truth):
         raise ValueError(f"crowd needs one mask (or None) per image: {len(ground_truth)} images, "
                          f"{len(crowd)} crowd masks")
-    if max_dets < 1:
-        raise ValueError(f"max_dets must be >= 1, got {max_dets}")
-    for i, (gt, pred) in enumerate(zip(ground_truth, predictions)):
-        if gt.image_size != pred.image_size:
-            raise ValueError(f"image {i}: ground truth is {gt.image_size} but prediction is "
-                             f"{pred.image_size}")
-        for what, inst in (("ground truth", gt), ("prediction", pred)):
-            bad = [int(c) for c in inst.labels if c < 1 or (class_names and c > len(class_names))]
-            if bad:
-                known = f"1..{len(class_names)}" if class_names else ">= 1"
-                raise ValueError(f"image {i}: {what} has class labels {sorted(set(bad))}, "
-                                 f"expected {known}")
-        region = None if crowd is None else crowd[i]
-        if region is not None and np.any(region) and np.shape(region) != gt.image_size:
-            raise ValueError(f"image {i}: crowd mask has shape {np.shape(region)}, expected {gt.image_size}")
+    evaluator = COCOEvaluator(class_names, max_dets, class_agnostic)
+    for gt, pred, region in zip(ground_truth, predictions, crowd or [None] * len(ground_truth)):
+        evaluator.process(gt, pred, region)
+    return evaluator.evaluate()
 
 
-def category_names(ground_truth: list[Instances], predictions: list[Instances],
-                   class_names: list[str] | None) -> dict[int, str]:
-    """{class id: name} of every named class and every label that occurs, in id order."""
-    class_ids = set(range(1, len(class_names) + 1)) if class_names else set()
-    for inst in (*ground_truth, *predictions):
-        class_ids |= set(inst.labels.tolist())
-    return {c: (class_names[c - 1] if class_names else str(c)) for c in sorted(class_ids)}
+def check_image(i: int, gt: Instances, pred: Instances, region: np.ndarray | None,
+                class_names: list[str] | None) -> None:
+    """Image `i`'s prediction and crowd mask are of its size; labels in 1..len(class_names)."""
+    if gt.image_size != pred.image_size:
+        raise ValueError(f"image {i}: ground truth is {gt.image_size} but prediction is "
+                         f"{pred.image_size}")
+    for what, inst in (("ground truth", gt), ("prediction", pred)):
+        bad = [int(c) for c in inst.labels if c < 1 or (class_names and c > len(class_names))]
+        if bad:
+            known = f"1..{len(class_names)}" if class_names else ">= 1"
+            raise ValueError(f"image {i}: {what} has class labels {sorted(set(bad))}, "
+                             f"expected {known}")
+    if region is not None and np.any(region) and np.shape(region) != gt.image_size:
+        raise ValueError(f"image {i}: crowd mask has shape {np.shape(region)}, expected {gt.image_size}")
 
 
-def coco_datasets(ground_truth: list[Instances], predictions: list[Instances], names: dict[int, str],
-                  crowd: list[np.ndarray | None] | None) -> tuple[COCO, COCO]:
-    """In-memory COCO ground truth (crowd regions included) and detections; image ids 1..N in list order."""
-    images, gt_anns, dt_anns = [], [], []
-    for image_id, (gt, pred) in enumerate(zip(ground_truth, predictions), start=1):
-        height, width = gt.image_size
-        images.append({"id": image_id, "height": height, "width": width})
-        gt_anns += _annotations(gt.to_coco_results(image_id), len(gt_anns) + 1, iscrowd=0)
-        dt_anns += _annotations(pred.to_coco_results(image_id), len(dt_anns) + 1, iscrowd=0)
-        region = None if crowd is None else crowd[image_id - 1]
-        if region is not None and np.any(region):
-            present = sorted(set(gt.labels.tolist()) | set(pred.labels.tolist()))
-            gt_anns += _annotations(_crowd_entries(region, image_id, present), len(gt_anns) + 1, iscrowd=1)
+def _encode(instances: Instances) -> dict:
+    """RLE counts (str), labels and scores of `instances`: all a COCO annotation needs of them."""
+    return {"counts": [rle["counts"] for rle in instances.to_rle()], "labels": instances.labels,
+            "scores": instances.scores}
+
+
+def _entries(encoded: dict, size: tuple, image_id: int, categories=None) -> list[dict]:
+    """COCO entries with an RLE of `encoded` (each RLE once per category of `categories` when given)."""
+    rle = [{"size": list(size), "counts": c} for c in encoded["counts"]]
+    if categories is not None:  # a class-less ignore region must cover predictions of any class
+        return [{"image_id": image_id, "category_id": c, "segmentation": dict(rle[0])} for c in categories]
+    return [{"image_id": image_id, "category_id": int(c), "segmentation": r, "score": float(s)}
+            for r, c, s in zip(rle, encoded["labels"], encoded["scores"])]
+
+
+def coco_datasets(images: list[dict], names: dict[int, str]) -> tuple[COCO, COCO]:
+    """In-memory COCO ground truth (crowd regions included) and detections of `COCOEvaluator`'s
+    records; image ids 1..N in list order."""
+    coco_images, gt_anns, dt_anns = [], [], []
+    for image_id, im in enumerate(images, start=1):
+        height, width = im["size"]
+        coco_images.append({"id": image_id, "height": height, "width": width})
+        gt_anns += _annotations(_entries(im["gt"], im["size"], image_id), len(gt_anns) + 1, iscrowd=0)
+        dt_anns += _annotations(_entries(im["pred"], im["size"], image_id), len(dt_anns) + 1, iscrowd=0)
+        if im["crowd"] is not None:
+            present = sorted(set(im["gt"]["labels"].tolist()) | set(im["pred"]["labels"].tolist()))
+            gt_anns += _annotations(_entries(im["crowd"], im["size"], image_id, present), len(gt_anns) + 1,
+                                    iscrowd=1)
     categories = [{"id": c, "name": n} for c, n in names.items()]
-    return (_coco({"images": images, "categories": categories, "annotations": gt_anns}),
-            _coco({"images": images, "categories": categories, "annotations": dt_anns}))
-
-
-def _crowd_entries(region: np.ndarray, image_id: int, categories: list[int]) -> list[dict]:
-    """The crowd mask once per category: a class-less ignore region must cover predictions of any class."""
-    rle = Instances(np.asarray(region, bool)[None], [1.0], [1]).to_rle()[0]
-    return [{"image_id": image_id, "category_id": c, "segmentation": dict(rle)} for c in categories]
+    return (_coco({"images": coco_images, "categories": categories, "annotations": gt_anns}),
+            _coco({"images": coco_images, "categories": categories, "annotations": dt_anns}))
 
 
 def _per_class(E: COCOeval, names: dict[int, str]) -> dict[str, float]:

@@ -149,6 +149,13 @@ def pairwise_iou(gt, pred) -> np.ndarray:
 
 def _overlaps(ground_truth, predictions, crowd=None) -> list[ImageOverlap]:
     """One ImageOverlap per image; a single image (not in a list) is accepted too."""
+    ground_truth, predictions, crowd = _image_lists(ground_truth, predictions, crowd)
+    return [image_overlap(g, p, c, where=f"image {i}")
+            for i, (g, p, c) in enumerate(zip(ground_truth, predictions, crowd))]
+
+
+def _image_lists(ground_truth, predictions, crowd) -> tuple[list, list, list]:
+    """Aligned lists of ground truth, predictions and crowd masks (None where there is none), checked."""
     if isinstance(ground_truth, Instances) or (isinstance(ground_truth, np.ndarray) and ground_truth.ndim == 2):
         ground_truth, predictions = [ground_truth], [predictions]
         crowd = None if crowd is None else [crowd]
@@ -160,9 +167,7 @@ def _overlaps(ground_truth, predictions, crowd=None) -> list[ImageOverlap]:
     if crowd is not None and len(crowd) != len(ground_truth):
         raise ValueError(f"crowd needs one mask (or None) per image: {len(ground_truth)} images, "
                          f"{len(crowd)} crowd masks")
-    crowd = crowd or [None] * len(ground_truth)
-    return [image_overlap(g, p, c, where=f"image {i}")
-            for i, (g, p, c) in enumerate(zip(ground_truth, predictions, crowd))]
+    return list(ground_truth), list(predictions), list(crowd or [None] * len(ground_truth))
 
 
 def _thresholds(values, what: str) -> np.ndarray:
@@ -198,13 +203,15 @@ def match_counts(overlap: ImageOverlap, thresholds: Sequence[float]) -> np.ndarr
     return np.stack([tp, n_pred - tp, n_gt - tp], axis=1)
 
 
+def image_matching_ap(overlap: ImageOverlap, thresholds: np.ndarray) -> np.ndarray:
+    """[T] TP / (TP + FP + FN) of one image at each threshold (1.0 with neither GT nor predictions)."""
+    tp, fp, fn = match_counts(overlap, thresholds).T
+    total = tp + fp + fn
+    return np.where(total > 0, tp / np.maximum(total, 1), 1.0)
+
+
 def _matching_ap(overlaps: list[ImageOverlap], thresholds: np.ndarray) -> np.ndarray:
-    per_image = []
-    for o in overlaps:
-        tp, fp, fn = match_counts(o, thresholds).T
-        total = tp + fp + fn
-        per_image.append(np.where(total > 0, tp / np.maximum(total, 1), 1.0))
-    return np.mean(per_image, axis=0)
+    return np.mean([image_matching_ap(o, thresholds) for o in overlaps], axis=0)
 
 
 def matching_ap(ground_truth, predictions, iou_threshold: float | Sequence[float] = 0.5, crowd=None):
@@ -287,22 +294,47 @@ def voc_ap(true_positive: np.ndarray, num_gt: int) -> np.ndarray:
     return (np.diff(recall, axis=1) * envelope[:, 1:]).sum(1)
 
 
-def _map_r(overlaps: list[ImageOverlap], thresholds: np.ndarray) -> np.ndarray:
-    classes = np.unique(np.concatenate([o.gt_labels for o in overlaps]))
+def image_true_positives(overlap: ImageOverlap, thresholds: np.ndarray) -> np.ndarray:
+    """[T, P] bool: which predictions of one image are SDS true positives (each matched within its class)."""
+    flags = np.zeros((len(thresholds), len(overlap.pred_labels)), bool)
+    for c in np.unique(overlap.pred_labels):
+        g, p = overlap.gt_labels == c, overlap.pred_labels == c
+        flags[:, p] = greedy_true_positives(overlap.iou[g][:, p], overlap.pred_scores[p], thresholds)
+    return flags
+
+
+@dataclass
+class RankedImage:
+    """What mAP^r keeps of one image: class of every GT, class, score and TP flags [T, P] of every prediction."""
+
+    gt_labels: np.ndarray
+    pred_labels: np.ndarray
+    pred_scores: np.ndarray
+    true_positive: np.ndarray
+
+
+def ranked_image(overlap: ImageOverlap, thresholds: np.ndarray) -> RankedImage:
+    return RankedImage(overlap.gt_labels, overlap.pred_labels, overlap.pred_scores,
+                       image_true_positives(overlap, thresholds))
+
+
+def map_r_of_images(images: list[RankedImage], num_thresholds: int) -> np.ndarray:
+    """[T] mean over the classes with GT of the VOC AP of the data set's ranked predictions of that class."""
+    classes = np.unique(np.concatenate([im.gt_labels for im in images]))
     per_class = []
     for c in classes:
-        scores, flags, num_gt = [], [], 0
-        for o in overlaps:
-            g, p = o.gt_labels == c, o.pred_labels == c
-            num_gt += int(g.sum())
-            scores.append(o.pred_scores[p])
-            flags.append(greedy_true_positives(o.iou[g][:, p], o.pred_scores[p], thresholds))
-        scores, flags = np.concatenate(scores), np.concatenate(flags, axis=1)
+        num_gt = sum(int((im.gt_labels == c).sum()) for im in images)
+        scores = np.concatenate([im.pred_scores[im.pred_labels == c] for im in images])
+        flags = np.concatenate([im.true_positive[:, im.pred_labels == c] for im in images], axis=1)
         order = np.argsort(-scores, kind="stable")  # data-set ranking; ties keep image order
         per_class.append(voc_ap(flags[:, order], num_gt))
     if not per_class:
-        return np.full(len(thresholds), np.nan)
+        return np.full(num_thresholds, np.nan)
     return np.mean(per_class, axis=0)
+
+
+def _map_r(overlaps: list[ImageOverlap], thresholds: np.ndarray) -> np.ndarray:
+    return map_r_of_images([ranked_image(o, thresholds) for o in overlaps], len(thresholds))
 
 
 def map_r(ground_truth, predictions, thresholds: Sequence[float] = MAP_R_THRESHOLDS, crowd=None) -> dict:
@@ -320,6 +352,74 @@ def threshold_key(prefix: str, threshold: float) -> str:
     return f"{prefix}{round(100 * threshold, 4):g}"
 
 
+class MatchingEvaluator:
+    """The matching metrics of a data set, one image at a time (see the module docstring).
+
+    `process` reduces each image to what the metrics need -- per-image AP at each IoU threshold,
+    SBD, the object counts, and for mAP^r the class, score and TP flags of every prediction --
+    so no mask outlives its call. `evaluate` gives `evaluate_matching`'s dict. `state()` is the
+    plain, picklable list of per-image records; `merge(states)` appends other evaluators' records
+    (in image order) so that one process can score images evaluated elsewhere.
+    """
+
+    def __init__(self, metrics: Sequence[str] = MATCHING_METRICS, iou_thresholds: Sequence[float] = (0.5,),
+                 map_r_thresholds: Sequence[float] = MAP_R_THRESHOLDS):
+        unknown = [m for m in metrics if m not in MATCHING_METRICS]
+        if unknown:
+            raise ValueError(f"unknown matching metric(s) {unknown}; choices: {', '.join(MATCHING_METRICS)}")
+        self.metrics = tuple(metrics)
+        self.iou_thresholds = _thresholds(iou_thresholds, "iou_thresholds") if "matching_ap" in metrics else None
+        self.map_r_thresholds = _thresholds(map_r_thresholds, "map_r_thresholds") if "map_r" in metrics else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.images: list[dict] = []
+
+    def process(self, ground_truth, prediction, crowd: np.ndarray | None = None) -> None:
+        """Score one image (`Instances` or label maps); see the module docstring for `crowd`."""
+        o = image_overlap(ground_truth, prediction, crowd, where=f"image {len(self.images)}")
+        record = {"num_gt": o.intersection.shape[0], "num_pred": o.intersection.shape[1]}
+        if self.iou_thresholds is not None:
+            record["matching_ap"] = image_matching_ap(o, self.iou_thresholds)
+        if "sbd" in self.metrics:
+            record["sbd"] = _sbd_image(o)
+        if self.map_r_thresholds is not None:
+            record["map_r"] = ranked_image(o, self.map_r_thresholds)
+        self.images.append(record)
+
+    def state(self) -> list[dict]:
+        return list(self.images)
+
+    def merge(self, states: Sequence[list[dict]]) -> None:
+        for state in states:
+            self.images.extend(state)
+
+    def evaluate(self) -> dict:
+        """The flat dict of `evaluate_matching`."""
+        if not self.images:
+            raise ValueError("matching metrics need at least one image")
+        out = {}
+        if self.iou_thresholds is not None:
+            self._per_threshold(out, "match_AP", self.iou_thresholds,
+                                np.mean([im["matching_ap"] for im in self.images], axis=0))
+        if "sbd" in self.metrics:
+            out["SBD"] = float(np.mean([im["sbd"] for im in self.images]))
+        if "dic" in self.metrics:
+            counts = np.array([im["num_pred"] - im["num_gt"] for im in self.images], np.float64)
+            out.update(DiC=float(counts.mean()), abs_DiC=float(np.abs(counts).mean()))
+        if self.map_r_thresholds is not None:
+            t = self.map_r_thresholds
+            self._per_threshold(out, "mAPr", t, map_r_of_images([im["map_r"] for im in self.images], len(t)))
+        out["num_images"] = len(self.images)
+        return out
+
+    @staticmethod
+    def _per_threshold(out: dict, prefix: str, thresholds: np.ndarray, scores: np.ndarray) -> None:
+        out.update({threshold_key(prefix, a): float(v) for a, v in zip(thresholds, scores)})
+        if len(thresholds) > 1:
+            out[prefix] = float(np.mean(scores))
+
+
 def evaluate_matching(
     ground_truth: list,
     predictions: list,
@@ -334,28 +434,9 @@ def evaluate_matching(
     there is more than one); `sbd` -> SBD; `dic` -> DiC (mean signed) and abs_DiC (mean |DiC|),
     both object counts per image, not fractions; `map_r` -> mAPr50 ... mAPr90 and mAPr (their
     mean); always num_images. Everything else is a fraction in [0, 1] (NaN: nothing to score).
+    A `MatchingEvaluator` fed the images one by one gives the same dict.
     """
-    unknown = [m for m in metrics if m not in MATCHING_METRICS]
-    if unknown:
-        raise ValueError(f"unknown matching metric(s) {unknown}; choices: {', '.join(MATCHING_METRICS)}")
-    overlaps = _overlaps(ground_truth, predictions, crowd)  # the costly part, shared by all metrics
-    out = {}
-
-    def per_threshold(prefix: str, fn, values, what: str) -> None:
-        t = _thresholds(values, what)
-        scores = fn(overlaps, t)
-        out.update({threshold_key(prefix, a): float(v) for a, v in zip(t, scores)})
-        if len(t) > 1:
-            out[prefix] = float(np.mean(scores))
-
-    if "matching_ap" in metrics:
-        per_threshold("match_AP", _matching_ap, iou_thresholds, "iou_thresholds")
-    if "sbd" in metrics:
-        out["SBD"] = float(np.mean([_sbd_image(o) for o in overlaps]))
-    if "dic" in metrics:
-        counts = _dic(overlaps)
-        out.update(DiC=float(counts.mean()), abs_DiC=float(np.abs(counts).mean()))
-    if "map_r" in metrics:
-        per_threshold("mAPr", _map_r, map_r_thresholds, "map_r_thresholds")
-    out["num_images"] = len(overlaps)
-    return out
+    evaluator = MatchingEvaluator(metrics, iou_thresholds, map_r_thresholds)
+    for g, p, c in zip(*_image_lists(ground_truth, predictions, crowd)):
+        evaluator.process(g, p, c)
+    return evaluator.evaluate()

@@ -22,15 +22,27 @@ assignment) and `embedseg.distances.squared_distances`.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
 from embedseg.grouping.registry import build_postprocess
 from embedseg.structures import Instances
 
+# Object sizes in pixels that `embedseg tune` tries for min_size parameters: from debris in a
+# 256 px nucleus image to the smallest leaf of a 500 px plant image.
+MIN_SIZES = [5, 10, 20, 40, 80, 160, 320]
+
 
 class Grouper:
-    """Base of every grouper: `propose`, then the post-processing chain, then classes and scores."""
+    """Base of every grouper: `propose`, then the post-processing chain, then classes and scores.
+
+    `search_space` maps parameters to the values `embedseg tune` tries (embedseg.engine.tuning);
+    each grouper declares its own.
+    """
+
+    search_space: ClassVar[dict[str, list]] = {}
 
     def __init__(self, postprocess: list[str | dict] | None = None):
         self.postprocess = build_postprocess(postprocess)  # None: no post-processing

@@ -1,11 +1,13 @@
 """Baseline: connected components of the predicted foreground, class by class."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from scipy import ndimage
 
-from embedseg.grouping.base import Grouper, as_tensor, foreground_mask, no_masks
+from embedseg.grouping.base import MIN_SIZES, Grouper, as_tensor, foreground_mask, no_masks
 from embedseg.grouping.registry import GROUPERS
 
 
@@ -17,6 +19,8 @@ class ConnectedComponentsGrouper(Grouper):
     Touching objects of one class merge, which is exactly what embeddings must fix.
     Proposal score = mean seediness inside the region (1 without one).
     """
+
+    search_space: ClassVar[dict[str, list]] = {"min_size": MIN_SIZES}
 
     def __init__(self, min_size: int = 20, postprocess: list[str | dict] | None = None):
         super().__init__(postprocess)

@@ -1,11 +1,14 @@
 """HDBSCAN grouping: density-based clusters of the foreground embeddings (the `hdbscan` package)."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
 from embedseg.distances import squared_distances
 from embedseg.grouping.base import (
+    MIN_SIZES,
     Grouper,
     foreground_embeddings,
     masks_from_assignment,
@@ -44,6 +47,9 @@ class HDBSCANGrouper(Grouper):
     Clusters smaller than `min_size` pixels are dropped. Proposal score = the cluster's mean
     membership strength (`probabilities_` of its sampled members).
     """
+
+    search_space: ClassVar[dict[str, list]] = {"min_cluster_size": [5, 10, 20, 40, 80, 160], "cluster_selection_method": ["eom", "leaf"],
+                    "min_size": MIN_SIZES}
 
     def __init__(self, min_cluster_size: int = 20, min_samples: int | None = None,
                  cluster_selection_method: str = "eom", sample_size: int | None = 4000,

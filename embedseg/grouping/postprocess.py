@@ -12,12 +12,14 @@ Scores here are the proposal's (seediness, membership); class confidence is appl
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from embedseg.grouping.base import as_tensor
+from embedseg.grouping.base import MIN_SIZES, as_tensor
 from embedseg.grouping.registry import POSTPROCESS
 
 # merge_continuous compares pixels this far apart across a border: an embedding predicted at
@@ -66,6 +68,8 @@ class SplitDisconnected:
 class DropSmall:
     """Drop the masks of fewer than `min_size` pixels."""
 
+    search_space: ClassVar[dict[str, list]] = {"min_size": MIN_SIZES}
+
     def __init__(self, min_size: int):
         if min_size < 1:
             raise ValueError(f"drop_small: min_size must be >= 1 pixel, got {min_size}")
@@ -85,6 +89,8 @@ class DropRelativelySmall:
     smaller than the image's typical one is a fragment: the rim of a large object, or debris. A
     fixed `min_size` cannot tell: 30 px is a whole nucleus in one image and a fragment in the next.
     """
+
+    search_space: ClassVar[dict[str, list]] = {"fraction": [0.02, 0.05, 0.1, 0.2]}
 
     def __init__(self, fraction: float):
         if not 0 < fraction < 1:
@@ -114,6 +120,8 @@ class MergeContinuous:
     best of them. Meant for disjoint masks: where masks overlap, a pixel's border counts for the
     last mask that holds it.
     """
+
+    search_space: ClassVar[dict[str, list]] = {"threshold": [0.2, 0.35, 0.5, 0.75, 1.0]}
 
     def __init__(self, threshold: float):
         if threshold <= 0:

@@ -1,11 +1,14 @@
 """Seed sampling and mask growing of Fathi et al. 2017 ("Semantic Instance Segmentation via Deep Metric Learning")."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
 from embedseg.distances import squared_distances
 from embedseg.grouping.base import (
+    MIN_SIZES,
     Grouper,
     foreground_embeddings,
     no_masks,
@@ -39,6 +42,9 @@ class SeedsGrouper(Grouper):
        runs last so that it also removes the repeats the chain makes: `split_disconnected` can cut
        a loose mask into parts that repeat a tighter mask of the same seed.
     """
+
+    search_space: ClassVar[dict[str, list]] = {"tau": [0.3, 0.5, 0.7], "min_seediness": [0.05, 0.1, 0.2, 0.3], "iou_threshold": [0.3, 0.5, 0.7],
+                    "min_size": MIN_SIZES}
 
     def __init__(self, tau: float | list[float] = 0.5, max_seeds: int = 100, power: float = 1.0,
                  min_seediness: float = 0.1, iou_threshold: float = 0.5, min_size: int = 20,

@@ -7,6 +7,7 @@ from PIL import Image
 from embedseg.data import DATASETS, CocoDataset, build_dataset
 from embedseg.data.coco import paint_instances
 from embedseg.engine.evaluator import run_groupers, score_groupers
+from embedseg.evaluation import build_evaluators
 from embedseg.structures import Instances
 
 
@@ -86,9 +87,10 @@ def test_crowd_is_ignored_in_evaluation(coco_sample, samples):
                                  np.r_[inst.labels, 3])
             return inst
 
-    run = run_groupers(Perfect(), ds, {"oracle": Oracle()}, progress=False)
-    assert run.crowd[0] is not None and run.crowd[1] is None
-    assert score_groupers(run, ds.class_names)["oracle"]["AP"] == pytest.approx(1.0)
+    assert (ds[0]["instances"] < 0).any() and not (ds[1]["instances"] < 0).any()
+    run = run_groupers(Perfect(), ds, {"oracle": Oracle()}, lambda: build_evaluators(["coco"], ds.class_names),
+                       progress=False)
+    assert score_groupers(run)["oracle"]["AP"] == pytest.approx(1.0)
 
 
 def test_errors_name_the_file(coco_sample, samples, tmp_path):

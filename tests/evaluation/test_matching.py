@@ -11,10 +11,8 @@ from embedseg.evaluation import (
     abs_dic,
     dic,
     evaluate_matching,
-    format_table,
     map_r,
     matching_ap,
-    metric_columns,
     pairwise_iou,
     sbd,
 )
@@ -310,24 +308,3 @@ def test_config_validates_eval_metrics(tmp_path, tiny_config_file):
         load_config(tiny_config_file, ["eval.iou_thresholds=[0.5, 50]"])
     with pytest.raises(ConfigError, match="eval.metrics needs at least one metric"):
         load_config(tiny_config_file, ["eval.metrics=[]"])
-
-
-def test_score_groupers_puts_every_metric_in_one_dict_per_grouper():
-    from embedseg.engine.evaluator import GroupingRun, score_groupers
-
-    gt, pred = _tp_fp_fn_image()
-    run = GroupingRun(ground_truth=[gt, gt], crowd=[None, None], predictions={"good": [gt, gt], "bad": [pred, gt]},
-                      group_ms={"good": [1.0, 2.0], "bad": [3.0, 4.0]}, network_ms=[10.0, 12.0])
-    results = score_groupers(run, ["thing"], metrics=["coco", "matching_ap", "sbd", "dic", "map_r"])
-    good, bad = results["good"], results["bad"]
-    for key in ("AP", "match_AP50", "SBD", "DiC", "abs_DiC", "mAPr50", "mAPr", "group_ms_median"):
-        assert key in good and key in bad, key
-    assert good["AP"] == pytest.approx(1.0) and good["match_AP50"] == 1.0 and good["SBD"] == 1.0
-    assert bad["match_AP50"] == pytest.approx((0.5 + 1.0) / 2) and bad["DiC"] == 0.0
-    assert "AP" not in score_groupers(run, ["thing"], metrics=["sbd"])["good"]
-    assert "SBD" not in score_groupers(run, ["thing"])["good"]  # default: COCO only
-
-    table = format_table(results, keys=metric_columns(results, ("AP", "APl")), first="grouper").splitlines()
-    assert table[0] == ("| grouper | AP | APl | match_AP50 | SBD | DiC | abs_DiC | mAPr50 | mAPr60 | mAPr70 | "
-                        "mAPr80 | mAPr90 | mAPr |")
-    assert table[2].startswith("| good | 100.0 | - | 100.0 | 100.0 | 0.00 | 0.00 | 100.0")

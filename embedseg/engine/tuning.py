@@ -1,0 +1,228 @@
+"""Choose each grouper's parameters on the tune split, with the same budget for every grouper.
+
+A trial is one grouping block (the grouper's parameters and its post-processing chain) scored by
+one metric over every tune image. The values tried come from the search spaces declared next to
+the code: `Grouper.search_space` for the grouper's own parameters and the `search_space` of each
+post-processing step in the block's chain (key `postprocess[i].param`). The search is coordinate
+ascent from the config's block: each parameter in turn takes every value of its axis with the
+others held at the best setting so far; rounds repeat until one changes nothing or `trials`
+distinct settings have been scored. Every grouper gets the same `trials`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from embedseg.data.tune import TUNE_SPLIT
+from embedseg.engine.evaluator import ground_truth_instances
+from embedseg.engine.run import TUNED_FILE, build_predictor, dataset_for_split, find_checkpoint, load_run
+from embedseg.evaluation import evaluate_coco, evaluate_matching
+from embedseg.grouping import GROUPERS, POSTPROCESS, build_grouper
+from embedseg.grouping.registry import step_block
+from embedseg.outputs import write_json, write_text
+
+# metric -> the evaluation that computes it; matching metrics by prefix
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP", "agnostic_AP50", "agnostic_AP75")
+MATCHING_FAMILIES = {"match_AP": "matching_ap", "SBD": "sbd", "abs_DiC": "dic", "mAPr": "map_r"}
+LOWER_IS_BETTER = ("abs_DiC",)
+
+
+@dataclass
+class Trial:
+    block: dict  # the grouping block scored
+    score: float  # the metric over the tune images (NaN when nothing could be scored)
+
+
+def metric_family(metric: str) -> str:
+    """'coco' or the matching metric ('matching_ap', 'sbd', 'dic', 'map_r') that reports `metric`."""
+    if metric in COCO_METRICS:
+        return "coco"
+    for prefix, family in MATCHING_FAMILIES.items():
+        if metric.startswith(prefix):
+            return family
+    raise ValueError(f"--metric {metric!r} cannot be tuned for; choose one of {', '.join(COCO_METRICS)}, "
+                     "match_AP50 (or another IoU), SBD, abs_DiC, mAPr")
+
+
+def search_axes(name: str, block: dict) -> dict[str, list]:
+    """The values to try per parameter of grouping block `block` of grouper `name`."""
+    axes = dict(GROUPERS.get(name).search_space)
+    for i, entry in enumerate(block.get("postprocess") or []):
+        step, _ = step_block(entry, i)
+        for param, values in getattr(POSTPROCESS.get(step), "search_space", {}).items():
+            axes[f"postprocess[{i}].{param}"] = values
+    return axes
+
+
+def with_value(block: dict, key: str, value) -> dict:
+    """A copy of `block` with parameter `key` (as `search_axes` names it) set to `value`."""
+    out = copy.deepcopy(block)
+    if key.startswith("postprocess["):
+        index, param = key[len("postprocess["):].split("].", 1)
+        i = int(index)
+        step, params = step_block(out["postprocess"][i], i)
+        out["postprocess"][i] = {"name": step, **params, param: value}
+    else:
+        out[key] = value
+    return out
+
+
+def coordinate_search(score: Callable[[dict], float], start: dict, axes: dict[str, list],
+                      trials: int) -> tuple[Trial, list[Trial]]:
+    """(best trial, every trial in the order scored) of the coordinate ascent from `start` that
+    maximises `score` (NaN counts as the worst) with at most `trials` distinct blocks scored."""
+    scored: dict[str, Trial] = {}
+
+    def trial(block: dict) -> Trial | None:
+        key = json.dumps(block, sort_keys=True)
+        if key not in scored and len(scored) < trials:
+            scored[key] = Trial(block, score(block))
+        return scored.get(key)
+
+    def better(a: Trial, b: Trial) -> bool:
+        return not math.isnan(a.score) and (math.isnan(b.score) or a.score > b.score)
+
+    best = trial(start)
+    changed = True
+    while changed and len(scored) < trials:
+        changed = False
+        for key, values in axes.items():
+            for value in values:
+                candidate = trial(with_value(best.block, key, value))
+                if candidate is not None and better(candidate, best):
+                    best, changed = candidate, True
+    return best, list(scored.values())
+
+
+def tune_grouper(name: str, start: dict, samples: list, class_names: list[str], metric: str, trials: int,
+                 eval_config) -> tuple[Trial, list[Trial]]:
+    """Coordinate search for grouper `name` from block `start` on `samples` [(network outputs,
+    ground-truth Instances, crowd mask or None)], maximising `metric` (minimising abs_DiC)."""
+    family = metric_family(metric)
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    truth = [gt for _, gt, _ in samples]
+    crowd = [c for _, _, c in samples]
+    crowd = crowd if any(c is not None for c in crowd) else None
+
+    bar = tqdm(total=trials, desc=f"tune {name}", disable=None, leave=False)
+
+    def score(block: dict) -> float:
+        bar.update()
+        grouper = build_grouper(name, **block)
+        predictions = [grouper(outputs) for outputs, _, _ in samples]
+        if family == "coco":
+            scores = evaluate_coco(truth, predictions, class_names=class_names, max_dets=eval_config.max_dets,
+                                   crowd=crowd)
+        else:
+            scores = evaluate_matching(truth, predictions, [family], eval_config.iou_thresholds,
+                                       eval_config.map_r_thresholds, crowd=crowd)
+        if metric not in scores:
+            raise ValueError(f"--metric {metric!r} is not among the scores of {family} ({', '.join(scores)}); "
+                             "check eval.iou_thresholds / eval.map_r_thresholds")
+        return sign * scores[metric]
+
+    start = start_block(name, start)
+    best, tried = coordinate_search(score, start, search_axes(name, start), trials)
+    bar.close()
+    unsign = [Trial(t.block, sign * t.score) for t in (best, *tried)]
+    return unsign[0], unsign[1:]
+
+
+def start_block(name: str, block: dict | None) -> dict:
+    """The config's block of grouper `name` with each searched parameter it leaves out at its default,
+    so that the search and tuned.yaml name every value they set."""
+    block = copy.deepcopy(block or {})
+    for param, spec in GROUPERS.parameters(name).items():
+        if param in GROUPERS.get(name).search_space and param not in block:
+            block[param] = spec.default
+    return block
+
+
+def tune_samples(predictor, dataset) -> list:
+    """[(network outputs, ground-truth Instances, crowd mask or None)] of every image of `dataset`."""
+    samples = []
+    for i in tqdm(range(len(dataset)), desc="network on tune", disable=None, leave=False):
+        sample = dataset[i]
+        ignore = sample["instances"] < 0
+        samples.append((predictor(sample["image"]), ground_truth_instances(sample), ignore if ignore.any() else None))
+    return samples
+
+
+def read_tuned(run_dir: Path) -> dict:
+    """The run's tuned.yaml ({} when it has none)."""
+    path = Path(run_dir) / TUNED_FILE
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+
+
+def tuned_groupers(run_dir: Path) -> list[str]:
+    """The groupers whose parameters `embedseg tune` chose for the run."""
+    return list(read_tuned(run_dir).get("grouping") or {})
+
+
+def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 24, metric: str = "AP",
+             overwrite: bool = False, overrides: list[str] = ()) -> dict[str, tuple[Trial, Trial, list[Trial]]]:
+    """Tune the groupers `names` (default: every registered one, the config's first) of a trained run on
+    its tune split, with the run's config and `overrides` (eval keys, say). Their chosen blocks go into
+    tuned.yaml and every trial into tune.json, beside the entries of groupers tuned before (a grouper
+    already there is tuned again only with `overwrite`). Returns grouper -> (the config's trial, the
+    best trial, every trial)."""
+    run_dir = Path(run_dir)
+    metric_family(metric)  # a bad metric, grouper or budget fails before the network runs
+    if trials < 1:
+        raise ValueError(f"--trials must be at least 1, got {trials}")
+    config, model, ckpt = load_run(run_dir, overrides, tuned=False)
+    names = names or [*config.grouping, *(n for n in GROUPERS.names() if n not in config.grouping)]
+    for name in names:
+        GROUPERS.get(name)
+    done = [n for n in names if n in tuned_groupers(run_dir)]
+    if done and not overwrite:
+        raise FileExistsError(f"{run_dir / TUNED_FILE} already holds {', '.join(done)}; use --overwrite to tune "
+                              "again, or --groupers to tune others")
+    dataset = dataset_for_split(config, TUNE_SPLIT)
+    samples = tune_samples(build_predictor(config, model), dataset)
+    results = {}
+    for name in names:
+        best, tried = tune_grouper(name, config.grouping.get(name), samples, ckpt["class_names"], metric, trials,
+                                   config.eval)
+        results[name] = (tried[0], best, tried)
+    tuned_on = {"split": TUNE_SPLIT, "images": len(dataset), "data_tune": config.data.tune, "metric": metric,
+                "trials": trials, "checkpoint": find_checkpoint(run_dir).name, "step": ckpt.get("step")}
+    write_tuned(run_dir, results, tuned_on)
+    return results
+
+
+def write_tuned(run_dir: Path, results: dict, tuned_on: dict) -> None:
+    """Merge the chosen blocks into tuned.yaml and the trials into tune.json."""
+    tuned = read_tuned(run_dir)
+    trials_path = run_dir / "tune.json"
+    trials = json.loads(trials_path.read_text()) if trials_path.is_file() else {}
+    for name, (first, best, tried) in results.items():
+        tuned.setdefault("grouping", {})[name] = best.block
+        tuned.setdefault("tuned", {})[name] = {**tuned_on, "config_score": first.score, "tuned_score": best.score,
+                                               "trials_scored": len(tried)}
+        trials[name] = {**tuned_on, "trials": [{"block": t.block, "score": t.score} for t in tried]}
+    write_json(trials_path, trials, indent=1)
+    header = ("# Grouping parameters chosen by `embedseg tune` on the tune split (carved from train, never\n"
+              "# trained on); evaluate, compare-grouping and predict use them (--untuned: the config's own).\n")
+    write_text(run_dir / TUNED_FILE, header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None))
+
+
+def format_tuning(results: dict, metric: str) -> str:
+    """Markdown: per grouper the metric with the config's parameters and with the chosen ones, the
+    trials spent and the parameters that changed."""
+    lines = [f"| grouper | {metric} config | {metric} tuned | trials | changed |", "|---|---:|---:|---:|---|"]
+    for name, (first, best, tried) in results.items():
+        changed = ", ".join(f"{k}: {first.block.get(k)} -> {v}" for k, v in best.block.items()
+                            if first.block.get(k) != v) or "-"
+        scale = 1 if metric in LOWER_IS_BETTER else 100
+        values = [f"{scale * t.score:.2f}" if np.isfinite(t.score) else "-" for t in (first, best)]
+        lines.append(f"| {name} | {values[0]} | {values[1]} | {len(tried)} | {changed} |")
+    return "\n".join(lines)
