@@ -9,7 +9,7 @@ Two processes then differ from one only in the order of float sums: the loss of 
 batch and the all-reduce of the gradients add in another order than one backward over the whole
 batch. AdamW divides each gradient by its own running scale, so a relative difference of ~1e-7 in
 a gradient moves a weight by ~1e-7 * lr per step: weights are compared to 1e-5 absolute, losses to
-1e-5 relative, over a few steps.
+1e-5 relative, over 12 steps.
 
 Each rank trains into its own --out (run_rank.py below): a file a rank other than 0 wrote would
 land in rank1/, which must not exist.
@@ -45,8 +45,8 @@ model: {{name: deeplab, backbone: resnet18, width: 0.125, output_stride: 16, emb
 loss:
   embedding: {{name: discriminative, weight: 1.0}}
   semantic: {{name: cross_entropy, weight: 1.0}}
-train: {{steps: {STEPS}, batch_size: 4, log_every: 1, warmup_steps: 1, checkpoint_every: 2, deterministic: true,
-         threads: 1}}
+train: {{steps: {STEPS}, batch_size: 4, log_every: 1, warmup_steps: 1, checkpoint_every: 2, eval_every: 6,
+         deterministic: true, threads: 1}}
 grouping:
   components: {{min_size: 5}}
 """
@@ -113,9 +113,12 @@ def weights(run_dir: Path) -> dict:
 
 
 def assert_close_runs(ours: Path, theirs: Path) -> None:
-    """Every step's loss terms, learning rate and gradient norm to 1e-5 relative, the weights to 1e-5."""
+    """Every step's loss terms, learning rate and gradient norm to 1e-5 relative, the weights to 1e-5. The
+    validation at step 6 (each process runs its share of the images) is logged once; its AP is still 0
+    this early, so that it equals one process's is shown by the evaluation's own tests."""
     a, b = records(ours, TIMING + PER_PROCESS), records(theirs, TIMING + PER_PROCESS)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in a if "loss" in r] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in a if "val_AP" in r] == [r["step"] for r in b if "val_AP" in r] == [6]
     for mine, other in zip(a, b):
         assert mine == pytest.approx(other, rel=1e-5)
     mine, other = weights(ours), weights(theirs)
@@ -151,7 +154,7 @@ def test_only_rank_0_writes(one_process, two_processes):
     assert not (two_processes / "rank1").exists()
     written = sorted(p.relative_to(two_processes / "rank0") for p in (two_processes / "rank0").rglob("*"))
     assert written == sorted(p.relative_to(one_process) for p in one_process.rglob("*"))
-    assert [r["step"] for r in records(two_processes / "rank0")] == list(range(1, STEPS + 1))  # one writer
+    assert [r["step"] for r in records(two_processes / "rank0") if "loss" in r] == list(range(1, STEPS + 1))  # one writer
 
 
 def stop_rank(process, base: Path, rank: int, step: int) -> str:
@@ -173,7 +176,7 @@ def test_a_run_stopped_by_a_signal_to_one_rank_resumes_on_any_number_of_processe
     assert "stopped by SIGTERM" in stderr  # on the last rank: every rank stops after the same step
     stopped = load_checkpoint(tmp_path / "rank0" / "checkpoints" / "last.pt")["step"]
     assert stopped < STEPS
-    assert [r["step"] for r in records(tmp_path / "rank0")] == list(range(1, stopped + 1))
+    assert [r["step"] for r in records(tmp_path / "rank0") if "loss" in r] == list(range(1, stopped + 1))
     resumed = launch(files, after, tmp_path, config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert not (tmp_path / "rank1").exists()
@@ -195,7 +198,7 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_after_the_same_step(files
     assert load_checkpoint(tmp_path / "stop" / "rank0" / "checkpoints" / "last.pt")["step"] == 2
     skipped = launch(files, 2, tmp_path / "skip", "--nan-at", 3, config, "--set", "train.on_nonfinite=skip")
     assert skipped.returncode == 0, skipped.stderr
-    assert [r["skipped_steps"] for r in records(tmp_path / "skip" / "rank0")][:4] == [0, 0, 1, 1]
+    assert [r["skipped_steps"] for r in records(tmp_path / "skip" / "rank0") if "loss" in r][:4] == [0, 0, 1, 1]
 
 
 def test_a_batch_that_does_not_divide_among_the_processes_is_refused(files, tmp_path, monkeypatch):

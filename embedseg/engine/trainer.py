@@ -44,7 +44,7 @@ from embedseg.config import Config, ConfigError, config_from_dict, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
 from embedseg.engine import distributed
 from embedseg.engine.checkpoint import changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
+from embedseg.engine.evaluator import config_evaluators, run_groupers, run_groupers_distributed, score_groupers
 from embedseg.engine.faults import (
     NonFiniteError,
     StopSignals,
@@ -258,14 +258,16 @@ def training_dataset(config: Config):
     return dataset
 
 
-def validation_ap(config: Config, model, train_dataset) -> float:
-    """COCO AP of the first grouper on the validation split (for picking best.pt)."""
+def validation_ap(config: Config, model, train_dataset) -> float | None:
+    """COCO AP of the first grouper on the validation split (for picking best.pt). On several processes
+    each runs its shard of the images and rank 0 scores them all (the same AP); the others get None."""
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
-    run = run_groupers(build_predictor(config, model), val, build_groupers(config, [first]),
-                       config_evaluators(config, list(train_dataset.class_names), ["coco"]),
-                       max_images=config.eval.max_images, keep_images=0, progress=False)
-    return score_groupers(run)[first]["AP"]
+    groupers = run_groupers_distributed if distributed.world_size() > 1 else run_groupers
+    run = groupers(build_predictor(config, model), val, build_groupers(config, [first]),
+                   config_evaluators(config, list(train_dataset.class_names), ["coco"]),
+                   max_images=config.eval.max_images, keep_images=0, progress=False)
+    return None if run is None else score_groupers(run)[first]["AP"]
 
 
 # ----------------------------------------------------------------------------- resuming, determinism
@@ -564,7 +566,7 @@ class TrainingRun:
         state = rng_state()
         ap = validation_ap(self.config, self.model, self.dataset)
         set_rng_state(state)
-        ap = distributed.main_value(ap)  # every rank decides alike whether to save best.pt
+        ap = distributed.main_value(ap)  # rank 0's: every rank decides alike whether to save best.pt
         if distributed.is_main():
             write_record(log_file, {"step": self.step, "val_AP": ap})
         self.network.train()
