@@ -191,7 +191,8 @@ def test_a_run_stopped_by_a_signal_to_one_rank_resumes_on_any_number_of_processe
 
 def test_a_nonfinite_loss_on_one_rank_stops_every_rank_after_the_same_step(files, tmp_path):
     config = tmp_path / "nan.yaml"
-    config.write_text(CONFIG.replace("loss:\n", "loss:\n  nan: {name: nan_on_rank1}\n"))
+    # with a seediness term every parameter has a gradient: DDP without find_unused_parameters
+    config.write_text(CONFIG.replace("loss:\n", "loss:\n  nan: {name: nan_on_rank1}\n  seediness: {name: seed_distance}\n"))
     stopped = launch(files, 2, tmp_path / "stop", "--nan-at", 3, config)
     assert stopped.returncode != 0
     assert stopped.stderr.count("step 3: non-finite loss: nan = nan") == 2, stopped.stderr  # both ranks

@@ -399,8 +399,8 @@ class TrainingRun:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         total, warmup, schedule = config.train.steps, config.train.warmup_steps, config.train.schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule))
-        return cls(config, run_dir, device, dataset, transform, model, criterion, optimizer, scheduler,
-                   network=data_parallel(model, device))
+        network = data_parallel(model, device, criterion, dataset[0]["instances"].shape)
+        return cls(config, run_dir, device, dataset, transform, model, criterion, optimizer, scheduler, network=network)
 
     def restore(self, checkpoint: dict) -> None:
         """Weights, optimiser, schedule, RNG states, step, best AP and skipped steps from a checkpoint of
@@ -587,13 +587,30 @@ def sync_batch_norm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`model` in DistributedDataParallel on several processes, `model` itself on one. find_unused_parameters:
-    a head that no loss term reads (the seediness head without a seediness loss) gets no gradient."""
+def data_parallel(model: torch.nn.Module, device: torch.device, criterion, image_size) -> torch.nn.Module:
+    """`model` in DistributedDataParallel on several processes, `model` itself on one."""
     if distributed.world_size() == 1:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                                     find_unused_parameters=True)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=has_unused_parameters(model, criterion, image_size, device))
+
+
+def has_unused_parameters(model: torch.nn.Module, criterion, image_size, device: torch.device) -> bool:
+    """Whether some parameter gets no gradient from the loss terms (a head that none reads, as the seediness
+    head without a seediness loss), found by one backward of the outputs they read on a blank image. DDP
+    must then look for such parameters at every step, which costs a walk over the autograd graph."""
+    read = {entry.split(".", 1)[1] for term in criterion.terms.values() for entry in term.inputs
+            if entry.startswith("outputs.")}
+    model.eval()  # leaves batch norm statistics as they are
+    outputs = model(torch.zeros(1, 3, *image_size, device=device))
+    read_outputs = [value.float().sum() for key, value in outputs.items() if key in read]
+    if read_outputs:
+        torch.stack(read_outputs).sum().backward()
+    unused = any(p.grad is None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    return unused
 
 
 def memory_format(config: Config) -> torch.memory_format:
