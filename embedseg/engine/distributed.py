@@ -47,6 +47,7 @@ def process_group(device: torch.device):
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield device
+        dist.barrier()  # no rank takes the group down while another still talks through it
     finally:
         dist.destroy_process_group()
 
