@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def cmd_train(args) -> int:
     except NonFiniteError as e:
         print(f"embedseg train: error: {e}", file=sys.stderr)
         return 2
-    if args.no_eval:
+    if args.no_eval or not is_main_process():  # under torchrun rank 0 alone evaluates (every rank has trained)
         return 0
     config, model, ckpt = load_run(run_dir)
     # the run's own figure: a resumed run redraws it
@@ -381,9 +382,16 @@ def add_data_commands(data_sub) -> None:
     q.set_defaults(func=cmd_data_check)
 
 
+def is_main_process() -> bool:
+    """Whether this is the only process, or rank 0 of a torchrun launch."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # under torchrun the other ranks report warnings and errors only
+    info = logging.INFO if is_main_process() else logging.WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else info,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from embedseg.config import ConfigError
 

@@ -78,6 +78,10 @@ class TrainConfig:
     # a step whose loss or gradients hold a NaN or an infinity, found before the weights change:
     # stop (end the run, keeping the last checkpoint) | skip (leave the weights, count it in log.jsonl)
     on_nonfinite: str = "stop"
+    # BatchNorm layers of the network as SyncBatchNorm: statistics over the batch of all processes
+    # (torchrun) rather than each process's share; CUDA only. The built-in networks use GroupNorm
+    # and need none: this is for a registered network with batch norm
+    sync_bn: bool = False
 
 
 @dataclass

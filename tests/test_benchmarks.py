@@ -34,3 +34,27 @@ def test_evaluation_benchmark_runs_one_subprocess_per_image_count(tmp_path):
     assert [r["images"] for r in rows] == [1, 3]
     assert all(r["peak_rss_mb"] > 0 and 0 <= r["AP"] <= 1 for r in rows)
     assert "| 3 |" in result.stdout
+
+
+TINY_TRAINING = """
+data:
+  dataset: {name: synthetic, size: 32, num_images: 8, min_objects: 1, max_objects: 2, min_radius: 3, max_radius: 6}
+model: {name: deeplab, backbone: resnet18, width: 0.125, output_stride: 16, embedding_dim: 4}
+train: {batch_size: 2}
+"""
+
+
+def test_data_benchmark_rates_the_loader_per_worker_count_beside_the_model(tmp_path):
+    config, no_data, out = tmp_path / "tiny.yaml", tmp_path / "no_data.yaml", tmp_path / "bench.json"
+    config.write_text(TINY_TRAINING)
+    no_data.write_text("data:\n  dataset: {name: folder, root: nowhere}\n")
+    args = ["--configs", str(config), str(no_data), "--workers", "0", "1", "--batches", "2",
+            "--steps", "1", "--threads", "1", "--json", str(out)]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "data.py"), *args], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["config"], r["workers"], r["batches"]) for r in rows] == [(str(config), 0, 2), (str(config), 1, 2)]
+    assert rows[0]["model_images_per_s"] == rows[1]["model_images_per_s"] > 0  # one model rate per config
+    assert all(r["data_images_per_s"] > 0 for r in rows)
+    assert f"{no_data}: skipped (FolderDataset: data root folder" in result.stdout

@@ -13,10 +13,15 @@ of an epoch (workers that start afresh draw other augmentations for the rest of 
 SIGTERM finish the current step, save last.pt and raise `TrainingInterrupted`. A non-finite loss or
 gradient is caught before the optimiser steps (`train.on_nonfinite`), and no checkpoint is ever
 written with non-finite weights.
+
+Under torchrun N processes train one model with DistributedDataParallel, `train.batch_size` being
+the batch of all of them together (what that makes equal to one process: `TrainingRun`); rank 0
+alone writes, and signals and non-finite steps stop every rank after the same step.
 """
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import json
 import logging
@@ -26,7 +31,7 @@ import platform
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -37,8 +42,9 @@ from tqdm import tqdm
 import embedseg
 from embedseg.config import Config, ConfigError, config_from_dict, dump_config
 from embedseg.data.transforms import TrainTransform, TransformedDataset
+from embedseg.engine import distributed
 from embedseg.engine.checkpoint import changed_keys, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
+from embedseg.engine.evaluator import config_evaluators, run_groupers, run_groupers_distributed, score_groupers
 from embedseg.engine.faults import (
     NonFiniteError,
     StopSignals,
@@ -62,22 +68,43 @@ log = logging.getLogger(__name__)
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train the model of `config`, writing config.yaml, env.txt, log.jsonl and checkpoints/."""
+    """Train the model of `config`, writing config.yaml, env.txt, log.jsonl and checkpoints/.
+
+    Under torchrun the processes train one model together (see `embedseg.engine.distributed` and
+    `TrainingRun`); rank 0 alone checks and writes the run directory.
+    """
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume, overwrite)
-    checkpoint = resumable_checkpoint(config, run_dir) if resume else None
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)  # before env.txt, which records the thread count
-    with deterministic_algorithms(config.train.deterministic):
-        seed_everything(config.seed)
-        # data set, device and network first: a start that fails on them leaves the run directory untouched
-        run = TrainingRun.build(config, run_dir, select_device(config.train.device))
-        open_run_dir(config, run_dir, resume, overwrite)
-        if checkpoint is not None:
-            run.restore(checkpoint)
-        with StopSignals() as stop:
-            run.fit(stop)
+    check_batch_split(config.train.batch_size, distributed.launched_world_size())
+    with distributed.process_group(select_device(config.train.device)) as device:
+        distributed.on_main(check_run_dir, run_dir, resume, overwrite)
+        checkpoint = distributed.on_main(resumable_checkpoint, config, run_dir) if resume else None
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)  # before env.txt, which records the thread count
+        with deterministic_algorithms(config.train.deterministic):
+            seed_everything(config.seed)  # the same initial weights on every rank
+            # data set, device and network first: a start that fails on them leaves the run directory untouched
+            run = TrainingRun.build(config, run_dir, device)
+            if distributed.rank() > 0:  # augmentations of its own on every rank
+                seed_everything(rank_seed(config.seed, distributed.rank()))
+            distributed.on_main(open_run_dir, config, run_dir, resume, overwrite)
+            if checkpoint is not None:
+                run.restore(checkpoint)
+            with StopSignals() as stop:
+                run.fit(stop)
     return run_dir
+
+
+def check_batch_split(batch_size: int, processes: int) -> None:
+    """train.batch_size is the batch of one step over all processes: it must divide among them."""
+    if batch_size % processes:
+        raise ConfigError(f"train.batch_size = {batch_size} does not divide among {processes} processes; "
+                          f"train.batch_size is the batch of all processes together: use a multiple of {processes}")
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of the augmentations of rank > 0 (rank 0 goes on from `seed`), distinct for every rank and
+    for every step a run on another number of processes resumes at."""
+    return (seed + 7919 * rank + 104729 * step) % 2**32
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -193,15 +220,33 @@ def fast_bf16(device: torch.device) -> bool:
                                                                        "_is_amx_tile_supported"))
 
 
-def epoch_loader(dataset, batch_size: int, num_workers: int, seed: int, skip: int = 0):
+def epoch_loader(dataset, batch_size: int, num_workers: int, seed: int, skip: int = 0, *, rank: int = 0,
+                 world_size: int = 1, pin_memory: bool = False):
     """The batches of one epoch from batch `skip` on: a shuffle drawn from `seed` (the same whatever
-    `skip`), the incomplete last batch dropped; the workers' seeds come from the same generator."""
+    `skip`), the incomplete last batch dropped; the workers' seeds come from the same generator.
+
+    `batch_size` is the global batch: with `world_size` processes, `rank` gets its slice of each batch
+    of the one shuffle that every rank draws alike, so N processes take the images of one process's
+    steps, and a step's place in the epoch is the same on every rank. (torch's DistributedSampler
+    would deal the images out by stride and pad the epoch, which changes both.)
+    """
     generator = torch.Generator().manual_seed(seed)
     order = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator), batch_size,
                                           drop_last=True)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=itertools.islice(order, skip, None),
-                                       num_workers=num_workers, generator=generator,
-                                       worker_init_fn=ignore_stop_signals if num_workers else None)
+    per_rank = batch_size // world_size
+    slices = (batch[rank * per_rank:(rank + 1) * per_rank] for batch in itertools.islice(order, skip, None))
+    return torch.utils.data.DataLoader(dataset, batch_sampler=slices, num_workers=num_workers, generator=generator,
+                                       worker_init_fn=functools.partial(start_worker, rank=rank) if num_workers else None,
+                                       pin_memory=pin_memory)
+
+
+def start_worker(worker_id: int, rank: int = 0) -> None:
+    """DataLoader `worker_init_fn`: stop signals are left to the main process; the workers of rank > 0
+    draw other augmentations than rank 0's (torch seeds worker w with the loader's base seed + w, and
+    the base seed comes from the epoch's generator, the same on every rank)."""
+    ignore_stop_signals(worker_id)
+    if rank:
+        torch.manual_seed((torch.initial_seed() + 65537 * rank) % 2**63)
 
 
 def training_dataset(config: Config):
@@ -213,14 +258,16 @@ def training_dataset(config: Config):
     return dataset
 
 
-def validation_ap(config: Config, model, train_dataset) -> float:
-    """COCO AP of the first grouper on the validation split (for picking best.pt)."""
+def validation_ap(config: Config, model, train_dataset) -> float | None:
+    """COCO AP of the first grouper on the validation split (for picking best.pt). On several processes
+    each runs its shard of the images and rank 0 scores them all (the same AP); the others get None."""
     val = dataset_for_split(config, config.data.val_split)
     first = next(iter(config.grouping))
-    run = run_groupers(build_predictor(config, model), val, build_groupers(config, [first]),
-                       config_evaluators(config, list(train_dataset.class_names), ["coco"]),
-                       max_images=config.eval.max_images, keep_images=0, progress=False)
-    return score_groupers(run)[first]["AP"]
+    groupers = run_groupers_distributed if distributed.world_size() > 1 else run_groupers
+    run = groupers(build_predictor(config, model), val, build_groupers(config, [first]),
+                   config_evaluators(config, list(train_dataset.class_names), ["coco"]),
+                   max_images=config.eval.max_images, keep_images=0, progress=False)
+    return None if run is None else score_groupers(run)[first]["AP"]
 
 
 # ----------------------------------------------------------------------------- resuming, determinism
@@ -304,7 +351,22 @@ class Throughput:
 
 @dataclass
 class TrainingRun:
-    """The parts of one training run and where it stands (step, best validation AP, steps skipped)."""
+    """The parts of one training run and where it stands (step, best validation AP, steps skipped).
+
+    On N processes (torchrun) every rank holds the whole network, wrapped in DistributedDataParallel
+    (`network`; `model` is the network itself, which checkpoints, evaluation and the checks use), and
+    takes its batch_size / N images of each step's batch. Each rank's loss is the mean over its own
+    images and DDP averages the gradients, so a step equals one process's step on the whole batch
+    (up to the order of float sums) when the loss of the whole batch is the mean of the ranks' losses:
+    true for the discriminative and metric losses when every image holds an instance (each term is a
+    mean over such images) and for cross_entropy without class_weights or gap_weight on images of one
+    size (a mean over pixels); not exactly for the seediness terms (means over foreground and
+    background pixels, which the ranks count apart), nor for BatchNorm layers of a user's network,
+    which see the rank's images only unless train.sync_bn (the built-in networks use GroupNorm, which
+    normalises each image alone). Augmentations differ: each rank draws from its own generator. The
+    logged loss terms are the means over ranks; a non-finite one, or a stop signal on any rank, stops
+    (or skips) the step on all of them.
+    """
 
     config: Config
     run_dir: Path
@@ -318,6 +380,7 @@ class TrainingRun:
     step: int = 0
     best_ap: float = -1.0
     skipped_steps: int = 0  # steps left out for a non-finite loss or gradient (train.on_nonfinite: skip)
+    network: torch.nn.Module | None = None  # what the steps run: `model`, in DDP on several processes
 
     @classmethod
     def build(cls, config: Config, run_dir: Path, device: torch.device) -> TrainingRun:
@@ -328,12 +391,16 @@ class TrainingRun:
             log.warning("train.bf16: this %s has no native bfloat16, so steps will be slower than in float32; "
                         "consider --set train.bf16=false", device.type)
         transform = TrainTransform.from_config(config.data)
-        model = build_network(config, dataset.num_classes).to(device, memory_format=memory_format(config))
+        model = build_network(config, dataset.num_classes)
+        if config.train.sync_bn:
+            model = sync_batch_norm(model, device)
+        model = model.to(device, memory_format=memory_format(config))
         criterion = build_criterion(config.loss).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         total, warmup, schedule = config.train.steps, config.train.warmup_steps, config.train.schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, schedule))
-        return cls(config, run_dir, device, dataset, transform, model, criterion, optimizer, scheduler)
+        network = data_parallel(model, device, criterion, dataset[0]["instances"].shape)
+        return cls(config, run_dir, device, dataset, transform, model, criterion, optimizer, scheduler, network=network)
 
     def restore(self, checkpoint: dict) -> None:
         """Weights, optimiser, schedule, RNG states, step, best AP and skipped steps from a checkpoint of
@@ -345,59 +412,86 @@ class TrainingRun:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"])
         self.step, self.best_ap = checkpoint["step"], checkpoint.get("best_ap", -1.0)
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
-        drop_records_after(self.run_dir / "log.jsonl", self.step)
+        self.restore_rng(checkpoint)
+        distributed.on_main(drop_records_after, self.run_dir / "log.jsonl", self.step)
         epoch, batch = self.position()
-        if batch and self.config.train.num_workers:
+        if batch and self.config.train.num_workers and distributed.is_main():
             log.warning("train.num_workers > 0: the rest of epoch %d gets the batches of an uninterrupted run with "
                         "other augmentations (the workers start afresh), so the run will not repeat it bit for bit; "
                         "resuming mid-epoch is exact with num_workers 0 only", epoch)
-        log.info("resumed %s at step %d (epoch %d, batch %d)", self.run_dir, self.step, epoch, batch)
+        if distributed.is_main():
+            log.info("resumed %s at step %d (epoch %d, batch %d)", self.run_dir, self.step, epoch, batch)
+
+    def restore_rng(self, checkpoint: dict) -> None:
+        """Every rank's RNG states as the checkpoint saved them, when it was saved by as many processes;
+        on another number, rank 0 takes the first process's and the others draw afresh (`rank_seed`)."""
+        states = [checkpoint["rng"], *checkpoint.get("rank_rng", [])]
+        rank, world = distributed.rank(), distributed.world_size()
+        if len(states) == world or rank == 0:
+            set_rng_state(states[rank])
+        else:
+            seed_everything(rank_seed(self.config.seed, rank, self.step))
+        if len(states) != world and rank == 0:
+            log.warning("resuming on %d processes a run saved by %d: the same batches follow, with other "
+                        "augmentations than an uninterrupted run would draw", world, len(states))
 
     def position(self) -> tuple[int, int]:
         """(epoch, batch within it) of the next step: each step takes one batch, an epoch len // batch_size."""
         return divmod(self.step, len(self.dataset) // self.config.train.batch_size)
 
     def save(self, name: str) -> None:
-        """checkpoints/<name> of where the run stands; never with a non-finite weight (NonFiniteError)."""
+        """checkpoints/<name> of where the run stands, written by rank 0 (called on every rank: it holds
+        every rank's RNG states); never with a non-finite weight (NonFiniteError)."""
         bad = first_nonfinite_entry(self.model)
         if bad is not None:
             raise NonFiniteError(f"after step {self.step} {bad} of the network is not finite; {name} is not written; "
                                  f"try a lower train.lr")
         epoch, batch = self.position()
-        save_checkpoint(self.run_dir / "checkpoints" / name, model=self.model.state_dict(),
-                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), step=self.step,
-                        position={"epoch": epoch, "batch": batch, "num_images": len(self.dataset)},
-                        skipped_steps=self.skipped_steps, best_ap=self.best_ap, rng=rng_state(),
-                        config=self.config.to_dict(), num_classes=self.dataset.num_classes,
-                        class_names=list(self.dataset.class_names))
+        rng = distributed.gather(rng_state())
+        distributed.on_main(
+            functools.partial(save_checkpoint, self.run_dir / "checkpoints" / name, model=self.model.state_dict(),
+                              optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                              step=self.step, position={"epoch": epoch, "batch": batch, "num_images": len(self.dataset)},
+                              skipped_steps=self.skipped_steps, best_ap=self.best_ap, rng=rng[0], rank_rng=rng[1:],
+                              config=self.config.to_dict(), num_classes=self.dataset.num_classes,
+                              class_names=list(self.dataset.class_names)))
 
     def fit(self, stop: StopSignals) -> None:
         """Step until train.steps, logging, evaluating and checkpointing on the way, then save last.pt.
         After a signal caught by `stop`, save last.pt at the end of the step and raise TrainingInterrupted."""
-        total = self.config.train.steps
+        total, main = self.config.train.steps, distributed.is_main()
         batches = self.batches()
-        self.model.train()
+        self.network.train()
         throughput = Throughput()
-        with tqdm(total=total, initial=self.step, desc="train", disable=None, dynamic_ncols=True) as bar, \
-                open(self.run_dir / "log.jsonl", "a") as log_file:
-            while self.step < total and stop.signal is None:
+        self.log_processes()
+        signal = distributed.agreed_signal(stop.signal)
+        with tqdm(total=total, initial=self.step, desc="train", disable=None if main else True,
+                  dynamic_ncols=True) as bar, open(self.run_dir / "log.jsonl", "a") if main else nullcontext() as log_file:
+            while self.step < total and signal is None:
                 batch = next(batches)
                 losses, grad_norm = self.train_step(batch)
-                throughput.images += len(batch["image"])
+                throughput.images += len(batch["image"]) * distributed.world_size()
                 bar.update(1)
                 self.after_step(losses, grad_norm, throughput, log_file, bar)
+                signal = distributed.agreed_signal(stop.signal)  # a signal to any rank stops all after this step
         self.save("last.pt")
-        if stop.signal is not None:
-            raise TrainingInterrupted(stop.signal, self.step, self.run_dir / "checkpoints" / "last.pt")
-        log.info("trained %d steps in %.0f s (%.1f images/s)", total, throughput.elapsed(), throughput.per_second())
+        if signal is not None:
+            raise TrainingInterrupted(signal, self.step, self.run_dir / "checkpoints" / "last.pt")
+        if main:
+            log.info("trained %d steps in %.0f s (%.1f images/s)", total, throughput.elapsed(), throughput.per_second())
+
+    def log_processes(self) -> None:
+        world, batch_size = distributed.world_size(), self.config.train.batch_size
+        if world > 1 and distributed.is_main():
+            log.info("training on %d processes: %d images per process, a batch of %d per step", world,
+                     batch_size // world, batch_size)
 
     def after_step(self, losses: dict, grad_norm: torch.Tensor, throughput: Throughput, log_file: IO[str], bar) -> None:
         """Log, evaluate and checkpoint where the config asks (the last step is saved by `fit`)."""
         train_config, total = self.config.train, self.config.train.steps
-        if self.step % train_config.log_every == 0 or self.step == total:
+        if (self.step % train_config.log_every == 0 or self.step == total) and distributed.is_main():
             record = self.log_record(losses, grad_norm, throughput)
             write_record(log_file, record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
@@ -410,25 +504,27 @@ class TrainingRun:
         """Augmented batches on the device from the next step's place in its epoch on: a resumed run gets
         the batches an uninterrupted one would (with num_workers 0 their augmentations too, as those draw
         from torch's generator, restored with the checkpoint)."""
-        train_config = self.config.train
+        train_config, cuda = self.config.train, self.device.type == "cuda"
         dataset = TransformedDataset(self.dataset, self.transform)
         epoch, skip = self.position()
         while True:
             for batch in epoch_loader(dataset, train_config.batch_size, train_config.num_workers,
-                                      self.config.seed + epoch, skip):
-                yield {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                                      self.config.seed + epoch, skip, rank=distributed.rank(),
+                                      world_size=distributed.world_size(), pin_memory=cuda):
+                yield {k: v.to(self.device, non_blocking=cuda) if torch.is_tensor(v) else v for k, v in batch.items()}
             epoch, skip = epoch + 1, 0
 
     def train_step(self, batch: dict) -> tuple[dict, torch.Tensor]:
         """One optimiser step on `batch`; returns the loss terms and the gradient norm before clipping.
         A non-finite loss or gradient is found before the weights change (see `skip_or_stop`)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
-            outputs = self.model(batch["image"].contiguous(memory_format=memory_format(self.config)))
+            outputs = self.network(batch["image"].contiguous(memory_format=memory_format(self.config)))
         outputs = {k: v.float() for k, v in outputs.items()}  # losses in float32 (a no-op without bf16)
         losses = self.criterion(outputs, batch, step=self.step)  # step: ramps of the loss weights
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        losses["loss"].backward()  # on several processes DDP averages the gradients over the ranks here
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        losses = distributed.mean_over_ranks(losses)  # the whole batch's terms: the same fault check on every rank
         fault = nonfinite_fault(losses, grad_norm, self.model)
         if fault is None:
             self.optimizer.step()
@@ -456,9 +552,11 @@ class TrainingRun:
 
     def log_record(self, losses: dict, grad_norm: torch.Tensor, throughput: Throughput) -> dict:
         elapsed = throughput.elapsed()
+        world = distributed.world_size()
         record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
                   "images_per_s": throughput.images / elapsed, "elapsed_s": elapsed,
-                  "skipped_steps": self.skipped_steps}
+                  "skipped_steps": self.skipped_steps, "processes": world,
+                  "batch_size": self.config.train.batch_size, "batch_per_process": self.config.train.batch_size // world}
         record.update({k: float(v.detach()) for k, v in losses.items()})
         return record
 
@@ -468,11 +566,51 @@ class TrainingRun:
         state = rng_state()
         ap = validation_ap(self.config, self.model, self.dataset)
         set_rng_state(state)
-        write_record(log_file, {"step": self.step, "val_AP": ap})
-        self.model.train()
+        ap = distributed.main_value(ap)  # rank 0's: every rank decides alike whether to save best.pt
+        if distributed.is_main():
+            write_record(log_file, {"step": self.step, "val_AP": ap})
+        self.network.train()
         if ap > self.best_ap:
             self.best_ap = ap
             self.save("best.pt")
+
+
+def sync_batch_norm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """train.sync_bn: the network's BatchNorm layers as SyncBatchNorm, whose statistics span the batches
+    of all processes (one process: plain batch norm). Refused where it would do nothing or cannot run."""
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError("train.sync_bn = true, but the network has no BatchNorm layer to synchronise (the built-in "
+                          "networks use GroupNorm, which normalises each image alone); set train.sync_bn: false")
+    if device.type != "cuda" and distributed.world_size() > 1:
+        raise ConfigError(f"train.sync_bn = true needs CUDA devices (torch synchronises batch norm on GPUs only), "
+                          f"this run trains on {device.type}; set train.sync_bn: false")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device, criterion, image_size) -> torch.nn.Module:
+    """`model` in DistributedDataParallel on several processes, `model` itself on one."""
+    if distributed.world_size() == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=has_unused_parameters(model, criterion, image_size, device))
+
+
+def has_unused_parameters(model: torch.nn.Module, criterion, image_size, device: torch.device) -> bool:
+    """Whether some parameter gets no gradient from the loss terms (a head that none reads, as the seediness
+    head without a seediness loss), found by one backward of the outputs they read on a blank image. DDP
+    must then look for such parameters at every step, which costs a walk over the autograd graph."""
+    read = {entry.split(".", 1)[1] for term in criterion.terms.values() for entry in term.inputs
+            if entry.startswith("outputs.")}
+    model.eval()  # leaves batch norm statistics as they are
+    outputs = model(torch.zeros(1, 3, *image_size, device=device))
+    read_outputs = [value.float().sum() for key, value in outputs.items() if key in read]
+    if read_outputs:
+        torch.stack(read_outputs).sum().backward()
+    unused = any(p.grad is None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    return unused
 
 
 def memory_format(config: Config) -> torch.memory_format:
