@@ -12,7 +12,7 @@ from embedseg.config import Config, ConfigError, config_from_dict, dump_config, 
 from embedseg.grouping import build_grouper
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-REPO_CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.yaml"))
+REPO_CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.yaml") if p.name != "suite.yaml")
 
 
 def write(tmp_path, name, text):

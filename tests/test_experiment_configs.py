@@ -18,7 +18,7 @@ from embedseg.data.transforms import TrainTransform
 from embedseg.engine.run import dataset_for_split
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.yaml"))
+CONFIGS = sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.rglob("*.yaml") if p.name != "suite.yaml")  # suites: test_suites
 REAL_DATA = [name for name in CONFIGS if name.split("/")[0] in ("dsb2018", "cvppp")]
 MISSING = "<missing>"
 
