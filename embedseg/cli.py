@@ -11,6 +11,8 @@ import numpy as np
 
 log = logging.getLogger("embedseg")
 
+ERRORS = ("A bad input (config, data, checkpoint, path) ends with one line 'embedseg <command>: error: ...' and "
+          "exit status 2; --debug shows its traceback instead.")
 TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP")
 
 
@@ -260,8 +262,9 @@ def add_set(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="embedseg", description=__doc__, epilog=ERRORS)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of its line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
@@ -389,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"embedseg {args.command}: error: {message}", file=sys.stderr)
-        if args.verbose:
+        if args.debug:
             raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None),
+                                         getattr(args, "config_command", None))))
+        print(f"embedseg {command}: error: {message}", file=sys.stderr)
         return 2
 
 
