@@ -454,3 +454,11 @@ def test_bad_input_gets_one_line_and_changes_nothing(bad, tmp_path, trained_run,
 def test_the_module_covers_at_least_25_kinds_of_bad_input():
     kinds = [line for line in __doc__.splitlines() if line[:3].strip().rstrip(".").isdigit()]
     assert len(kinds) >= 25 and len(CASES) >= 25
+
+
+def test_debug_shows_the_traceback_instead_of_the_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nothere")]) == 2
+    assert capsys.readouterr().err.startswith("embedseg evaluate: error: run directory")
+    with pytest.raises(FileNotFoundError, match="run directory .*nothere does not exist"):
+        main(["--debug", "evaluate", str(tmp_path / "nothere")])
+    assert capsys.readouterr().err == ""

@@ -36,7 +36,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON, {err}") from None
+        raise ValueError(f"cannot read {path}: not valid JSON, {err}") from None
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]

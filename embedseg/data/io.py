@@ -75,7 +75,7 @@ def open_image(path: Path) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = None  # for this open only: the check below names the size and the limit
         image = Image.open(path)
     except Image.UnidentifiedImageError:  # an OSError whose message only repeats the path
-        raise ValueError(f"{path}: not an image PIL can read (expected {'/'.join(IMAGE_EXTENSIONS)})") from None
+        raise ValueError(f"cannot read {path}: not an image PIL can read (expected {'/'.join(IMAGE_EXTENSIONS)})") from None
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
     finally:
