@@ -266,17 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of its line")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
-    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    add_set(p)
-    p.add_argument("--out", help="run directory (default runs/<config name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from checkpoints/last.pt, with the config it started with "
-                        "(SIGINT or SIGTERM save last.pt and exit with status 130 or 143)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    p.set_defaults(func=cmd_train)
+    add_train_command(sub)
 
     p = sub.add_parser("evaluate", help="COCO AP of a trained run on a split")
     p.add_argument("run_dir")
@@ -321,12 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_commands(sub)
 
     add_data_commands(sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True))
-    q = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
-    q = q.add_parser("show", help="the resolved config, each value with its origin (file, --set or default)")
+    add_config_commands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command",
+                                                                                    required=True))
+    return parser
+
+
+def add_config_commands(config_sub) -> None:
+    q = config_sub.add_parser("show", help="the resolved config, each value with its origin (file, --set or default)")
     q.add_argument("config", help="experiment YAML, e.g. experiments/dsb2018/full.yaml")
     add_set(q)
     q.set_defaults(func=cmd_config_show)
-    return parser
+
+
+def add_train_command(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
+    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from checkpoints/last.pt, with the config it started with "
+                        "(SIGINT or SIGTERM save last.pt and exit with status 130 or 143)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.set_defaults(func=cmd_train)
 
 
 def add_tune_command(sub) -> None:

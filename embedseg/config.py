@@ -135,7 +135,7 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[st
     Nothing is validated here: `config_from_dict` does that.
     """
     path = Path(path)
-    own = _read_yaml(path)
+    own = read_yaml(path)
     base = own.pop("base", None)
     sources = [(own, str(path))]  # later sources win
     if base is None:
@@ -144,7 +144,7 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[st
         base_path = Path(os.path.normpath(path.parent / base))
         if not base_path.exists():
             raise ConfigError(f"{path}: base file {base!r} not found (looked for {base_path})")
-        base_raw = _read_yaml(base_path)
+        base_raw = read_yaml(base_path)
         if "base" in base_raw:
             raise ConfigError(f"{base_path}: a base config cannot have a base of its own (one level only)")
         sources.insert(0, (base_raw, str(base_path)))
@@ -163,7 +163,8 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[st
     return raw, origins
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML file holds ({} when empty); every problem is a one-line ConfigError naming the file."""
     if path.is_dir():
         raise ConfigError(f"config {path} is a folder; expected a YAML file such as experiments/quickstart.yaml")
     if not path.exists():

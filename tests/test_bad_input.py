@@ -39,6 +39,8 @@ The kinds of bad input, one case each (a case's id in brackets):
 33. `train --resume` after the training data changed: refused, env.txt and log.jsonl untouched  [resume-after-data-changed]
 34. `train --resume` with a config that changes the training  [resume-with-another-config]
 35. `data check --param` without `=`  [data-check-param-without-value]
+36. a run's tuned.yaml (written by `embedseg tune`) with a YAML syntax error  [tuned-yaml-broken]
+37. a suite.yaml with a YAML syntax error (`embedseg table`)  [suite-yaml-broken]
 """
 from __future__ import annotations
 
@@ -375,6 +377,20 @@ def _(p):
 @case("compare-unknown-grouper", "compare-grouping", "'x'", "meanshift")
 def _(p):
     return ["compare-grouping", str(p.run()), "--groupers", "x"]
+
+
+@case("tuned-yaml-broken", "evaluate", "tuned.yaml", "not valid YAML", "line 2")
+def _(p):
+    run = p.run()
+    (run / "tuned.yaml").write_text("grouping:\n  meanshift: {bandwidth: 0.5\n")
+    return ["evaluate", str(run)]
+
+
+@case("suite-yaml-broken", "table", "suite.yaml", "not valid YAML")
+def _(p):
+    (p.tmp / "mine").mkdir()
+    (p.tmp / "mine" / "suite.yaml").write_text("title: mine\nrows: [a\n")
+    return ["table", str(p.tmp / "mine" / "suite.yaml")]
 
 
 @case("evaluate-not-a-run", "evaluate", "notes", "is it a run directory?")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from embedseg.config import Config, ConfigError, config_from_dict, load_config
+from embedseg.config import Config, ConfigError, config_from_dict, load_config, read_yaml
 from embedseg.data import build_dataset
 from embedseg.data.tune import TUNE_SPLIT, split_train
 from embedseg.engine.checkpoint import changed_keys, load_checkpoint
@@ -83,7 +82,7 @@ def tuned_overrides(run_dir: Path) -> list[str]:
     path = run_dir / TUNED_FILE
     if not path.is_file():
         return []
-    grouping = yaml.safe_load(path.read_text(encoding="utf-8")).get("grouping") or {}
+    grouping = read_yaml(path).get("grouping") or {}
     return [f"grouping.{name}={json.dumps(block)}" for name, block in grouping.items()]
 
 
@@ -112,13 +111,15 @@ def load_weights(model: torch.nn.Module, ckpt: dict, config: Config, source: Pat
     """The checkpoint's weights into `model`; a network the config builds otherwise than the one that
     was trained is a ConfigError naming the first parameters that do not fit and the model keys that differ."""
     own, saved = model.state_dict(), ckpt["model"]
+    try:
+        model.load_state_dict(saved)  # the model's own load hooks (renamed keys of old checkpoints) run here
+        return
+    except RuntimeError:  # torch's many-line list of every missing, unexpected and misshapen parameter
+        pass
     unfit = [f"{k} is {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} in the network" for k, v in own.items()
              if k in saved and saved[k].shape != v.shape]
     unfit += [f"{k} is missing from the checkpoint" for k in own if k not in saved]
     unfit += [f"{k} of the checkpoint is not in the network" for k in saved if k not in own]
-    if not unfit:
-        model.load_state_dict(saved)
-        return
     trained = ckpt.get("config", {}).get("model", {})
     changed = changed_keys(trained, config.to_dict()["model"], "model.")
     keys = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()) or "none"

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from embedseg.config import read_yaml
 from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import ground_truth_instances
 from embedseg.engine.run import TUNED_FILE, build_predictor, dataset_for_split, find_checkpoint, load_run
@@ -159,7 +160,7 @@ def tune_samples(predictor, dataset) -> list:
 def read_tuned(run_dir: Path) -> dict:
     """The run's tuned.yaml ({} when it has none)."""
     path = Path(run_dir) / TUNED_FILE
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    return read_yaml(path) if path.is_file() else {}
 
 
 def tuned_groupers(run_dir: Path) -> list[str]:
