@@ -12,6 +12,8 @@ import numpy as np
 
 log = logging.getLogger("embedseg")
 
+ERRORS = ("A bad input (config, data, checkpoint, path) ends with one line 'embedseg <command>: error: ...' and "
+          "exit status 2; --debug shows its traceback instead.")
 TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP")
 
 
@@ -261,20 +263,11 @@ def add_set(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="embedseg", description=__doc__, epilog=ERRORS)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of its line")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
-    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
-    add_set(p)
-    p.add_argument("--out", help="run directory (default runs/<config name>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from checkpoints/last.pt, with the config it started with "
-                        "(SIGINT or SIGTERM save last.pt and exit with status 130 or 143)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    p.set_defaults(func=cmd_train)
+    add_train_command(sub)
 
     p = sub.add_parser("evaluate", help="COCO AP of a trained run on a split")
     p.add_argument("run_dir")
@@ -319,12 +312,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_commands(sub)
 
     add_data_commands(sub.add_parser("data", help="data set tools").add_subparsers(dest="data_command", required=True))
-    q = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
-    q = q.add_parser("show", help="the resolved config, each value with its origin (file, --set or default)")
+    add_config_commands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command",
+                                                                                    required=True))
+    return parser
+
+
+def add_config_commands(config_sub) -> None:
+    q = config_sub.add_parser("show", help="the resolved config, each value with its origin (file, --set or default)")
     q.add_argument("config", help="experiment YAML, e.g. experiments/dsb2018/full.yaml")
     add_set(q)
     q.set_defaults(func=cmd_config_show)
-    return parser
+
+
+def add_train_command(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it")
+    p.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    add_set(p)
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from checkpoints/last.pt, with the config it started with "
+                        "(SIGINT or SIGTERM save last.pt and exit with status 130 or 143)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    p.set_defaults(func=cmd_train)
 
 
 def add_tune_command(sub) -> None:
@@ -398,10 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"embedseg {args.command}: error: {message}", file=sys.stderr)
-        if args.verbose:
+        if args.debug:
             raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None),
+                                         getattr(args, "config_command", None))))
+        print(f"embedseg {command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -142,7 +142,7 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[st
     Nothing is validated here: `config_from_dict` does that.
     """
     path = Path(path)
-    own = _read_yaml(path)
+    own = read_yaml(path)
     base = own.pop("base", None)
     sources = [(own, str(path))]  # later sources win
     if base is None:
@@ -151,7 +151,7 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[st
         base_path = Path(os.path.normpath(path.parent / base))
         if not base_path.exists():
             raise ConfigError(f"{path}: base file {base!r} not found (looked for {base_path})")
-        base_raw = _read_yaml(base_path)
+        base_raw = read_yaml(base_path)
         if "base" in base_raw:
             raise ConfigError(f"{base_path}: a base config cannot have a base of its own (one level only)")
         sources.insert(0, (base_raw, str(base_path)))
@@ -170,18 +170,32 @@ def load_raw(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[st
     return raw, origins
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML file holds ({} when empty); every problem is a one-line ConfigError naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder; expected a YAML file such as experiments/quickstart.yaml")
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the "
+                          "config as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML, {yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where (line and column, counted from 1)."""
+    mark, context, context_mark = (getattr(error, k, None) for k in ("problem_mark", "context", "context_mark"))
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    started = f" ({context} at line {context_mark.line + 1})" if context and context_mark is not None else ""
+    return f"{getattr(error, 'problem', None) or 'syntax error'}{where}{started}"
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -203,7 +217,11 @@ def apply_override(raw: dict, item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=100")
     key, text = item.split("=", 1)
-    value = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML, {yaml_problem(e)}; quote a value meant "
+                          "as text, e.g. --set 'name=\"a: b\"'") from None
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:

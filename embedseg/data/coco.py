@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from embedseg.data.base import checked_index
-from embedseg.data.io import read_image, resolve_root
+from embedseg.data.io import image_size, read_image, resolve_root
 from embedseg.data.registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"CocoDataset: annotation file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"cannot read {path}: not valid JSON, {err}") from None
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
@@ -72,6 +74,26 @@ def check_file_name(info: dict, source: Path) -> None:
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).anchor or ".." in PureWindowsPath(name).parts:
         raise ValueError(f"{where}: file_name {name!r} points outside the image folder (absolute, or with '..'); "
                          "expected a path relative to the image folder")
+
+
+def check_annotation(ann, image_ids: set[int], source: Path) -> None:
+    """Refuse an annotation without a known `image_id` or a `category_id`, or whose `segmentation` is
+    neither a list of polygons nor an RLE dict (checked when the dataset is built, before any image is read)."""
+    if not isinstance(ann, dict):
+        raise ValueError(f"{source}: annotation {str(ann)[:80]} is not a JSON object")  # noqa: TRY004 - bad input
+    where = f"{source}: annotation id {ann.get('id')}"
+    for key in ("image_id", "category_id", "segmentation"):
+        if key not in ann:
+            raise ValueError(f"{where} has no {key}; every annotation needs image_id, category_id and segmentation")
+    if ann["image_id"] not in image_ids:
+        raise ValueError(f"{where} is of image id {ann['image_id']}, but the file lists no image with that id")
+    segm = ann["segmentation"]
+    if isinstance(segm, list) and not all(isinstance(p, list) for p in segm):
+        raise ValueError(f"{where}: segmentation is a flat list of numbers; polygons are a list of lists "
+                         "[[x1, y1, x2, y2, ...], ...], one list per polygon")
+    if not isinstance(segm, list) and not (isinstance(segm, dict) and "counts" in segm and "size" in segm):
+        raise ValueError(f"{where}: segmentation must be polygons [[x1, y1, ...], ...] or an RLE dict with "
+                         f"counts and size, got {str(segm)[:80]}")
 
 
 def paint_instances(masks: np.ndarray, crowd: np.ndarray | None) -> np.ndarray:
@@ -133,13 +155,15 @@ class CocoDataset(Dataset):
         self.num_classes = len(self.class_names)
         self.class_of_category = {cid: k + 1 for k, cid in enumerate(kept)}
 
-        self.annotations: dict[int, list[dict]] = defaultdict(list)
-        for ann in data["annotations"]:
-            if int(ann["category_id"]) in self.class_of_category:
-                self.annotations[int(ann["image_id"])].append(ann)
         self.images = list(data["images"])
         for info in self.images:
             check_file_name(info, self.annotation_file)
+        image_ids = {info.get("id") for info in self.images}
+        self.annotations: dict[int, list[dict]] = defaultdict(list)
+        for ann in data["annotations"]:
+            check_annotation(ann, image_ids, self.annotation_file)
+            if int(ann["category_id"]) in self.class_of_category:
+                self.annotations[int(ann["image_id"])].append(ann)
         if skip_empty:
             self.images = [im for im in self.images
                            if any(not a.get("iscrowd", 0) for a in self.annotations.get(int(im["id"]), ()))]
@@ -153,6 +177,12 @@ class CocoDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"CocoDataset(annotations={str(self.annotation_file)!r}, images={len(self)}, classes={self.num_classes})"
+
+    def image_sizes(self) -> dict[Path, tuple[int, int]]:
+        """(width, height) of every image file: from the json where it says, else from the file's header."""
+        paths = [self.image_dir / info["file_name"] for info in self.images]
+        return {path: (int(info["width"]), int(info["height"])) if "width" in info and "height" in info
+                else image_size(path) for path, info in zip(paths, self.images)}
 
     def __getitem__(self, index) -> dict:
         index = checked_index(index, len(self), "CocoDataset")

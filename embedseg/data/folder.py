@@ -15,7 +15,6 @@ writes any dataset of the sample contract in this layout.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +28,14 @@ from embedseg.data.io import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSIONS,
     check_same_size,
+    image_size,
     read_class_names,
     read_image,
     read_label,
     resolve_root,
 )
 from embedseg.data.registry import DATASETS
-from embedseg.outputs import atomic_path, write_text
+from embedseg.outputs import atomic_path, describe_entries, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,10 @@ class FolderDataset(Dataset):
     def __repr__(self) -> str:
         return f"FolderDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
 
+    def image_sizes(self) -> dict[Path, tuple[int, int]]:
+        """(width, height) of every image file, from its header (no pixel is decoded)."""
+        return {path: image_size(path) for path in self.image_paths}
+
     def __getitem__(self, index) -> dict:
         index = checked_index(index, len(self), "FolderDataset")
         semantic_path = self.semantic_paths[index] if self.semantic_paths is not None else None
@@ -198,13 +202,33 @@ def _label_png(array: np.ndarray, what: str, name: str) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8 if top < 256 else np.uint16))
 
 
+SAMPLE_FOLDERS = ("images", "masks", "semantic")
+
+
+def previous_write(split_dir: Path) -> tuple[list[Path], list[str]]:
+    """(files that an earlier `write_dataset` left in `split_dir`, names of everything else in it).
+
+    Its files are the `<folder>/<name>.png` of every name that has a PNG in all of images/, masks/
+    and semantic/; any other file or folder is someone else's.
+    """
+    stems = [{p.stem for p in (split_dir / sub).glob("*.png") if p.is_file() and not p.is_symlink()}
+             for sub in SAMPLE_FOLDERS]
+    ours = {split_dir / sub / f"{stem}.png" for sub in SAMPLE_FOLDERS for stem in set.intersection(*stems)}
+    foreign = [entry.relative_to(split_dir).as_posix() + ("/" if entry.is_dir() else "")
+               for entry in sorted(split_dir.rglob("*")) if entry not in ours
+               and not (entry.parent == split_dir and entry.name in SAMPLE_FOLDERS and entry.is_dir()
+                        and not entry.is_symlink())]
+    return sorted(ours), foreign
+
+
 def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path:
     """Write every sample of `dataset` as `<out_dir>/<split>/{images,masks,semantic}/<name>.png`.
 
     Also writes `<out_dir>/classes.txt`. Masks are 8-bit PNGs when every id is < 256, else 16-bit.
-    Refuses to write into a non-empty `<out_dir>/<split>` unless `overwrite`, in which case its
-    images/, masks/ and semantic/ folders are replaced. Returns `out_dir`, the root that
-    `FolderDataset(out_dir, split)` reads back.
+    Refuses to write into a non-empty `<out_dir>/<split>` unless `overwrite`, in which case the
+    samples of an earlier `write_dataset` there are replaced; a split folder that holds anything else
+    is refused even then (nothing is removed that this function did not write). Returns `out_dir`,
+    the root that `FolderDataset(out_dir, split)` reads back.
     """
     out_dir = Path(out_dir).expanduser()
     split_dir = out_dir / split
@@ -213,11 +237,14 @@ def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path
     if split_dir.is_dir() and any(split_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(
-                f"{split_dir} is not empty; pass overwrite=True (--overwrite) to replace its contents"
+                f"{split_dir} is not empty; pass overwrite=True (--overwrite) to replace the data set written there"
             )
-        for sub in ("images", "masks", "semantic"):
-            if (split_dir / sub).is_dir():
-                shutil.rmtree(split_dir / sub)
+        ours, foreign = previous_write(split_dir)
+        if foreign:
+            raise FileExistsError(f"{split_dir} holds {describe_entries(foreign)}, which are not samples written by "
+                                  "data synth (write_dataset); overwrite replaces only those: choose another folder")
+        for path in ours:
+            path.unlink()
 
     class_names = [str(c) for c in getattr(dataset, "class_names", ["object"])]
     classes_file = out_dir / "classes.txt"
@@ -226,7 +253,7 @@ def write_dataset(dataset, out_dir, split: str, overwrite: bool = False) -> Path
             f"{classes_file} lists other classes ({', '.join(read_class_names(classes_file))}) than "
             f"this dataset ({', '.join(class_names)}); pass overwrite=True to replace it"
         )
-    dirs = {sub: split_dir / sub for sub in ("images", "masks", "semantic")}
+    dirs = {sub: split_dir / sub for sub in SAMPLE_FOLDERS}
     for folder in dirs.values():
         folder.mkdir(parents=True, exist_ok=True)
     write_text(classes_file, "".join(f"{c}\n" for c in class_names))

@@ -11,6 +11,10 @@ sees the same pixels in all three:
 
 A relative data `root` is looked up under `$EMBEDSEG_DATA` first, then in the current directory
 (`resolve_root`).
+
+Images of more than `max_pixels()` pixels (default 10000 x 10000 = 1e8; `$EMBEDSEG_MAX_PIXELS` sets
+another limit) are refused from their header, before any pixel is decoded: a file that claims
+40000 x 40000 pixels would need gigabytes. PIL's own decompression-bomb limit follows the same number.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff")  # lossless formats only: a JPEG would blur the ids
 DATA_ENV = "EMBEDSEG_DATA"
+MAX_PIXELS_ENV = "EMBEDSEG_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 10000 * 10000
 
 
 def resolve_root(root: str | os.PathLike, what: str = "dataset") -> Path:
@@ -47,16 +53,57 @@ def resolve_root(root: str | os.PathLike, what: str = "dataset") -> Path:
         f"{what}: data root folder {' or '.join(str(c) for c in candidates)} does not exist{hint}")
 
 
+def max_pixels() -> int:
+    """The largest image (width x height) that is read: `$EMBEDSEG_MAX_PIXELS`, else 1e8."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(text))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"${MAX_PIXELS_ENV} = {text!r}: expected a positive number of pixels, e.g. 400000000")
+    return limit
+
+
+def open_image(path: Path) -> Image.Image:
+    """The opened (not yet decoded) image at `path`; a file PIL cannot identify, or one whose header
+    claims more than `max_pixels()` pixels, is a ValueError naming the file."""
+    limit = max_pixels()
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # for this open only: the check below names the size and the limit
+        image = Image.open(path)
+    except Image.UnidentifiedImageError:  # an OSError whose message only repeats the path
+        raise ValueError(f"cannot read {path}: not an image PIL can read (expected {'/'.join(IMAGE_EXTENSIONS)})") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit  # PIL's own limit, for any other image opened, is the same
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise ValueError(f"{path}: {width}x{height} = {width * height} pixels, more than the limit of {limit} "
+                         f"pixels (set ${MAX_PIXELS_ENV} to a larger number of pixels to read it)")
+    return image
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header (see `open_image` for the errors)."""
+    with open_image(Path(path)) as image:
+        return image.size
+
+
 def _read_array(path: Path, palette_to_rgb: bool) -> np.ndarray:
     """The pixel array of an image file; palette images give indices unless `palette_to_rgb`."""
     convert = ("CMYK", "YCbCr", "LAB", "HSV") + (("P", "PA") if palette_to_rgb else ())
-    try:
-        with Image.open(path) as im:
+    with open_image(path) as im:
+        try:
             if im.mode in convert:
                 im = im.convert("RGBA" if im.mode == "PA" else "RGB")
             return np.array(im)
-    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read {path}: {err}") from err
+        except (OSError, ValueError) as err:  # e.g. a truncated file: its header was read, its pixels not
+            raise ValueError(f"cannot read {path}: {err}") from err
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

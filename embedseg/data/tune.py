@@ -41,6 +41,11 @@ class Subset:
     def __getitem__(self, index):
         return self.dataset[self.indices[checked_index(index, len(self), self.name)]]
 
+    def image_sizes(self) -> dict:
+        """(width, height) of the subset's image files, where the dataset lists them (else {})."""
+        sizes = list(self.dataset.image_sizes().items()) if hasattr(self.dataset, "image_sizes") else []
+        return dict(sizes[i] for i in self.indices) if sizes else {}
+
 
 def split_train(dataset, fraction: float, seed: int, part: str):
     """`part` ("tune" or "train") of a training split carved as `tune_indices` says."""

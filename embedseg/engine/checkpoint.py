@@ -1,6 +1,7 @@
 """Checkpoints of plain data (state dicts, step, RNG states, config dict, version), written atomically."""
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -18,13 +19,19 @@ def save_checkpoint(path: str | Path, **state) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """The plain data of a checkpoint; a missing, empty, truncated or foreign file is an error naming it."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes), as a save cut short by a full disk leaves it; "
+                         "use another checkpoint of the run or train again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # name the file whatever went wrong
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # torch's errors for a broken zip or pickle
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot read checkpoint {path}: truncated or not a torch checkpoint ({reason}); use "
+                         "another checkpoint of the run or train again") from e
 
 
 def rng_state() -> dict:

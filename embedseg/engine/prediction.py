@@ -20,22 +20,28 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from embedseg.data.io import IMAGE_EXTENSIONS, read_image
+from embedseg.data.io import IMAGE_EXTENSIONS, image_size, read_image
 from embedseg.outputs import atomic_path, describe_entries, write_json
 from embedseg.structures import Instances
 from embedseg.viz import save_overlay
 
 
 def list_images(inputs: list[str]) -> list[Path]:
-    """The image files of `inputs` (files, and the image files directly inside folders), each once."""
+    """The image files of `inputs` (files, and the image files directly inside folders), each once; each
+    file's header is read, so that one that is not an image, or too large, is refused before any prediction."""
     paths: list[Path] = []
     for p in map(Path, inputs):
-        paths += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS) \
+        found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS) \
             if p.is_dir() else [p]
+        if not found:
+            raise FileNotFoundError(f"folder {p} holds no image files ({'/'.join(IMAGE_EXTENSIONS)})")
+        paths += found
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
     unique = {Path(os.path.abspath(p)): None for p in paths}  # an image given twice is predicted once
+    for path in unique:
+        image_size(path)
     return list(unique)
 
 

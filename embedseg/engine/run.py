@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from embedseg.config import Config, ConfigError, config_from_dict, load_config
+from embedseg.config import Config, ConfigError, config_from_dict, load_config, read_yaml
 from embedseg.data import build_dataset
 from embedseg.data.tune import TUNE_SPLIT, split_train
-from embedseg.engine.checkpoint import load_checkpoint
+from embedseg.engine.checkpoint import changed_keys, load_checkpoint
 from embedseg.engine.predictor import Predictor
 from embedseg.grouping import build_grouper
 from embedseg.models import build_model
@@ -83,7 +82,7 @@ def tuned_overrides(run_dir: Path) -> list[str]:
     path = run_dir / TUNED_FILE
     if not path.is_file():
         return []
-    grouping = yaml.safe_load(path.read_text(encoding="utf-8")).get("grouping") or {}
+    grouping = read_yaml(path).get("grouping") or {}
     return [f"grouping.{name}={json.dumps(block)}" for name, block in grouping.items()]
 
 
@@ -98,10 +97,32 @@ def load_run(run_dir: str | Path, overrides: list[str] = (), tuned: bool = True)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     ckpt = load_checkpoint(find_checkpoint(run_dir))
+    where = f"{run_dir / 'config.yaml'}" + (f" with --set {' '.join(overrides)}" if overrides else "")
     overrides = [*(tuned_overrides(run_dir) if tuned else []), *overrides]
     config = load_config(run_dir / "config.yaml", overrides) if (run_dir / "config.yaml").exists() \
         else config_from_dict(ckpt["config"], where=str(run_dir))
     model = build_network(config, ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, config, find_checkpoint(run_dir), where)
     model.eval()
     return config, model, ckpt
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict, config: Config, source: Path, config_source: str) -> None:
+    """The checkpoint's weights into `model`; a network the config builds otherwise than the one that
+    was trained is a ConfigError naming the first parameters that do not fit and the model keys that differ."""
+    own, saved = model.state_dict(), ckpt["model"]
+    try:
+        model.load_state_dict(saved)  # the model's own load hooks (renamed keys of old checkpoints) run here
+        return
+    except RuntimeError:  # torch's many-line list of every missing, unexpected and misshapen parameter
+        pass
+    unfit = [f"{k} is {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} in the network" for k, v in own.items()
+             if k in saved and saved[k].shape != v.shape]
+    unfit += [f"{k} is missing from the checkpoint" for k in own if k not in saved]
+    unfit += [f"{k} of the checkpoint is not in the network" for k in saved if k not in own]
+    trained = ckpt.get("config", {}).get("model", {})
+    changed = changed_keys(trained, config.to_dict()["model"], "model.")
+    keys = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items()) or "none"
+    more = f" (and {len(unfit) - 2} more)" if len(unfit) > 2 else ""
+    raise ConfigError(f"the weights in {source} do not fit the network of {config_source}: {'; '.join(unfit[:2])}{more}; "
+                      f"model keys changed since training: {keys}; use the model settings the run was trained with")

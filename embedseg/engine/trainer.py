@@ -1,9 +1,9 @@
 """The training loop: config in, run directory out.
 
 `train` reads as the steps of a run: check the run directory, take the checkpoint to resume from
-(refused when the config trains differently), seed, build the parts (data set, device, network), only
-then write the run directory, restore the parts, and `TrainingRun.fit` steps the optimiser, logging,
-evaluating and checkpointing as the config asks.
+(refused when the config trains differently), seed, build the parts (data set, device, network),
+restore them from the checkpoint, only then write the run directory, and `TrainingRun.fit` steps the
+optimiser, logging, evaluating and checkpointing as the config asks.
 
 A run survives being stopped: last.pt holds the weights, the optimiser, the schedule, every RNG
 state and the step, and the step fixes the place in the epoch, so `--resume` continues with the
@@ -86,9 +86,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, overwrite: 
             run = TrainingRun.build(config, run_dir, device)
             if distributed.rank() > 0:  # augmentations of its own on every rank
                 seed_everything(rank_seed(config.seed, distributed.rank()))
-            distributed.on_main(open_run_dir, config, run_dir, resume, overwrite)
-            if checkpoint is not None:
+            if checkpoint is not None:  # before env.txt is written: a refused resume leaves every file as it was
                 run.restore(checkpoint)
+            distributed.on_main(open_run_dir, config, run_dir, resume, overwrite)
             with StopSignals() as stop:
                 run.fit(stop)
     return run_dir
@@ -250,12 +250,47 @@ def start_worker(worker_id: int, rank: int = 0) -> None:
 
 
 def training_dataset(config: Config):
-    """The train split; it must fill at least one batch."""
+    """The train split; it must fill at least one batch, and its images must stack into batches."""
     dataset = dataset_for_split(config, config.data.train_split)
     if len(dataset) < config.train.batch_size:
         raise ValueError(f"the {config.data.train_split} split has {len(dataset)} images, fewer than "
                          f"train.batch_size = {config.train.batch_size}")
+    check_image_sizes(dataset, config)
     return dataset
+
+
+def check_image_sizes(dataset, config: Config) -> None:
+    """Before the first step, from the images' headers where the dataset lists them (`image_sizes`): a
+    file that is not an image or is above the pixel limit is refused (by `image_sizes`), and so are
+    images of different sizes when batches of more than one image are stacked without `data.crop_size`."""
+    sizes = dataset.image_sizes() if hasattr(dataset, "image_sizes") else {}
+    if not sizes or config.data.crop_size is not None or config.train.batch_size == 1:
+        return
+    (first, size), *others = sizes.items()
+    other = next(((path, s) for path, s in others if s != size), None)
+    if other is not None:
+        raise ValueError(f"the {config.data.train_split} split holds images of different sizes ({first} is "
+                         f"{size[0]}x{size[1]}, {other[0]} is {other[1][0]}x{other[1][1]}), which batches of "
+                         f"train.batch_size = {config.train.batch_size} cannot stack: set data.crop_size (a side "
+                         "no larger than the smallest image) or train.batch_size: 1")
+
+
+def worker_errors_in_one_line(loader):
+    """The batches of a DataLoader. A data error in a worker process reaches this process with the
+    worker's traceback in its message; it is raised again with the original message alone."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as e:
+            lines = str(e).strip().splitlines()
+            if len(lines) < 2 or "DataLoader worker" not in lines[0]:
+                raise
+            raise type(e)(f"{lines[-1].split(': ', 1)[-1]} (in a data loader worker; `embedseg data check` "
+                          "lists every such file)") from None
+        yield batch
 
 
 def validation_ap(config: Config, model, train_dataset) -> float | None:
@@ -508,9 +543,9 @@ class TrainingRun:
         dataset = TransformedDataset(self.dataset, self.transform)
         epoch, skip = self.position()
         while True:
-            for batch in epoch_loader(dataset, train_config.batch_size, train_config.num_workers,
-                                      self.config.seed + epoch, skip, rank=distributed.rank(),
-                                      world_size=distributed.world_size(), pin_memory=cuda):
+            loader = epoch_loader(dataset, train_config.batch_size, train_config.num_workers, self.config.seed + epoch,
+                                  skip, rank=distributed.rank(), world_size=distributed.world_size(), pin_memory=cuda)
+            for batch in worker_errors_in_one_line(loader):
                 yield {k: v.to(self.device, non_blocking=cuda) if torch.is_tensor(v) else v for k, v in batch.items()}
             epoch, skip = epoch + 1, 0
 

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from embedseg.config import read_yaml
 from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.output_cache import cache_outputs
@@ -142,7 +143,7 @@ def start_block(name: str, block: dict | None) -> dict:
 def read_tuned(run_dir: Path) -> dict:
     """The run's tuned.yaml ({} when it has none)."""
     path = Path(run_dir) / TUNED_FILE
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    return read_yaml(path) if path.is_file() else {}
 
 
 def tuned_groupers(run_dir: Path) -> list[str]:

@@ -28,9 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from embedseg.config import ConfigError
+from embedseg.config import ConfigError, read_yaml
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BUDGETS = ("smoke", "cpu", "full")
@@ -104,7 +102,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not path.is_file():
         raise FileNotFoundError(f"no suite {str(name_or_path)!r}: expected experiments/<suite>/suite.yaml or a path "
                                 f"to one; shipped suites: {', '.join(suite_names()) or 'none'}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(path)
     where = str(path)
     unknown = set(raw) - {"title", "paper", "columns", "percent", "evaluate", "tune", "figure", "references", "rows",
                           "budgets"}

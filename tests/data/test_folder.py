@@ -59,6 +59,19 @@ def test_refuses_to_overwrite(tmp_path):
     write_dataset(synthetic(1, "test"), tmp_path, "test")  # other split, same classes: fine
 
 
+def test_overwrite_replaces_only_the_samples_written_before(tmp_path):
+    write_dataset(synthetic(3), tmp_path, "train")
+    (tmp_path / "notes.txt").write_text("mine")  # beside the split: never looked at
+    write_dataset(synthetic(2), tmp_path, "train", overwrite=True)
+    assert FolderDataset(tmp_path, "train").stems == ["train_00000", "train_00001"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "train" / "masks" / "cell.png").write_bytes(b"a user's mask")  # not in all three folders
+    (tmp_path / "train" / "images" / "raw").mkdir()
+    with pytest.raises(FileExistsError, match=r"holds images/raw/, masks/cell\.png, which are not samples written"):
+        write_dataset(synthetic(1), tmp_path, "train", overwrite=True)
+    assert len(list((tmp_path / "train").rglob("*.png"))) == 7  # nothing was removed
+
+
 def test_grey_and_rgba_images_and_defaults(tmp_path, samples):
     samples.write_folder_sample(tmp_path, stems=("g", "r"))
     Image.fromarray(np.full((12, 10), 7, np.uint8)).save(tmp_path / "train" / "images" / "g.png")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedseg.data.io import IMAGE_EXTENSIONS, read_image, read_label
+from embedseg.data.io import IMAGE_EXTENSIONS, image_size, read_image, read_label
 
 GREY16 = np.array([[500, 1500], [3500, 4500]], np.uint16)  # uses 4000 of the 65535 levels
 GREY16_AS_8BIT = np.array([[0, 64], [191, 255]], np.uint8)  # (v - 500) / 4000 * 255, rounded
@@ -74,3 +74,18 @@ def test_real_val_images_are_read_unchanged(shared_data):
         for path in sorted(folder.iterdir()):
             with Image.open(path) as im:
                 assert np.array_equal(read_image(path), np.asarray(im.convert("RGB"))), path
+
+
+def test_images_above_the_pixel_limit_are_refused_from_their_header(tmp_path, monkeypatch):
+    Image.fromarray(np.full((5, 6), 7, np.uint8)).save(tmp_path / "grey.png")  # 30 pixels
+    assert read_image(tmp_path / "grey.png").shape == (5, 6, 3)  # the default limit is 10000 x 10000
+    monkeypatch.setenv("EMBEDSEG_MAX_PIXELS", "30")
+    assert image_size(tmp_path / "grey.png") == (6, 5) and read_image(tmp_path / "grey.png").shape == (5, 6, 3)
+    monkeypatch.setenv("EMBEDSEG_MAX_PIXELS", "29")
+    for read in (read_image, read_label, image_size):
+        with pytest.raises(ValueError, match=r"grey\.png: 6x5 = 30 pixels, more than the limit of 29 pixels \(set "
+                                             r"\$EMBEDSEG_MAX_PIXELS"):
+            read(tmp_path / "grey.png")
+    monkeypatch.setenv("EMBEDSEG_MAX_PIXELS", "many")
+    with pytest.raises(ValueError, match=r"\$EMBEDSEG_MAX_PIXELS = 'many': expected a positive number of pixels"):
+        image_size(tmp_path / "grey.png")
