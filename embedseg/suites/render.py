@@ -90,15 +90,11 @@ def format_table(suite: Suite, rows: list[RowResult], fmt: str = "md") -> str:
     return "\n".join([*lines, *("| " + " | ".join(line) + " |" for line in body)])
 
 
-def column_thresholds(columns: list[str]) -> list[float]:
-    """The IoU threshold in each column key (match_AP50 -> 0.50, mAPr75 -> 0.75)."""
-    values = []
-    for column in columns:
-        match = re.search(r"(\d+(?:\.\d+)?)$", column)
-        if not match:
-            raise ValueError(f"column {column!r} names no IoU threshold; use figure: bars")
-        values.append(float(match.group(1)) / 100)
-    return values
+def column_thresholds(columns: list[str]) -> dict[int, float]:
+    """Column index -> the IoU threshold its key ends with (match_AP50 -> 0.50, mAPr75 -> 0.75); a
+    column without one (mAPr, their mean) is left out."""
+    found = {i: re.search(r"(\d+(?:\.\d+)?)$", column) for i, column in enumerate(columns)}
+    return {i: float(match.group(1)) / 100 for i, match in found.items() if match}
 
 
 def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) -> Path | None:
@@ -121,10 +117,11 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
         ax.set_xscale("log")
         ax.set_xlabel("grouping ms per image (median)")
     elif suite.figure == "iou":
-        x = column_thresholds(suite.columns)
+        thresholds = column_thresholds(suite.columns)
+        x = list(thresholds.values())
         for r in shown:
-            y = [scale * m if m is not None else np.nan for m in r.means]
-            err = [scale * s if s is not None else 0 for s in r.stds]
+            y = [scale * r.means[i] if r.means[i] is not None else np.nan for i in thresholds]
+            err = [scale * r.stds[i] if r.stds[i] is not None else 0 for i in thresholds]
             style = {"linestyle": "--", "marker": ".", "alpha": 0.7} if r.source == "paper" else {"marker": "o", "lw": 2}
             ax.errorbar(x, y, yerr=err, label=f"{r.name} ({r.source})", capsize=3, **style)
         ax.set_xlabel("IoU threshold")

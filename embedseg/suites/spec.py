@@ -128,6 +128,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     figure = raw.get("figure", "bars")
     if figure not in FIGURES:
         raise ConfigError(f"{where}: figure {figure!r} is not one of {', '.join(FIGURES)}")
+    if figure == "ap_vs_time" and not {"AP", "group_ms_median"} <= set(columns):
+        raise ConfigError(f"{where}: figure ap_vs_time needs the columns AP and group_ms_median")
     return Suite(path.parent.name, path.parent, raw.get("title", path.parent.name), raw.get("paper", ""), columns,
                  rows, references, bool(raw.get("percent", True)), list(raw.get("evaluate") or []),
                  tune.get("metric", "AP"), int(tune.get("trials", 24)), figure, raw.get("budgets") or {})
