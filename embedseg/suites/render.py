@@ -167,11 +167,16 @@ def suite_section(suite: Suite, budget: str, runs: Path, figure: Path | None, li
 def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path) -> str:
     """EXPERIMENTS.md: every suite's section, its figure drawn to experiments/<suite>/results_<budget>.png
     beside `out`."""
+    full = any(r.results for suite in suites for r in collect(suite, "full", runs))
     sections = ["# Experiments", "",
                 (f"Every table below is written by `embedseg table --all --budget {budget}` from the finished runs "
-                f"under {runs}/ (nothing here is typed by hand). Reference rows are the papers' numbers on their "
-                "splits and hardware; ours are means ± std over seeds on our splits, with grouping parameters "
-                "chosen on the tune split (carved from train) and scores on val."), ""]
+                "of `embedseg reproduce` (nothing here is typed by hand). Reference rows are the papers' numbers "
+                "on their splits and hardware; ours are means ± std over the seeds that finished, on our splits, "
+                "with grouping parameters chosen on the tune split (carved from train) and scores on val; "
+                "`missing` marks a row not run yet."), ""]
+    if not full:
+        sections += [("No suite has been run at the `full` budget (the papers' recipes, meant for a GPU): no GPU "
+                     "was available to the runs recorded here."), ""]
     for suite in suites:
         rows = collect(suite, budget, runs)
         figure = draw_figure(suite, rows, out.parent / "experiments" / suite.name / f"results_{budget}.png", budget)
