@@ -105,9 +105,11 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
 
     import embedseg.viz  # noqa: F401
 
+    shown = [r for r in rows if r.seeds != 0]
+    if not shown:  # nothing to draw yet
+        return None
     scale = 100 if suite.percent else 1
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    shown = [r for r in rows if r.seeds != 0]
     if suite.figure == "ap_vs_time":
         for r in shown:
             column = {c: (m, sd) for c, m, sd in zip(suite.columns, r.means, r.stds)}
@@ -154,7 +156,7 @@ def suite_section(suite: Suite, budget: str, runs: Path, figure: Path | None, li
     seeds = max((r.seeds or 0 for r in rows), default=0)
     lines = [f"## {suite.title}", ""]
     if suite.paper:
-        lines.append(f"Reference rows: {suite.paper}.")
+        lines.append(f"Paper: {suite.paper}.")
     lines += [(f"Ours: `embedseg reproduce {suite.name} --budget {budget} --seeds {max(seeds, 1)}` "
               f"(suite: experiments/{suite.name}/README.md)."),
               (f"Measured {', '.join(dates) or 'never'}; commit {', '.join(commits) or '-'}; "
