@@ -101,9 +101,7 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
     """The suite's figure: AP against the IoU threshold (`figure: iou`) or grouped bars (`bars`)."""
     if suite.figure == "none":
         return None
-    import matplotlib.pyplot as plt  # after embedseg.viz chose the Agg backend
-
-    import embedseg.viz  # noqa: F401
+    from embedseg.viz import plt  # pyplot on the Agg backend embedseg.viz chooses
 
     shown = [r for r in rows if r.seeds != 0]
     if not shown:  # nothing to draw yet
