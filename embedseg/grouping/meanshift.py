@@ -54,7 +54,7 @@ class MeanShiftGrouper(Grouper):
     Proposal score = seediness of the seed (1 without a seediness map).
     """
 
-    search_space: ClassVar[dict[str, list]] = {"bandwidth": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0], "min_size": MIN_SIZES}
+    search_space: ClassVar[dict[str, list]] = {"bandwidth": [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0], "min_size": MIN_SIZES}
 
     def __init__(self, bandwidth: float = 1.0, min_size: int = 20, sample_size: int | None = 2048,
                  seeds_per_round: int = 64, random_state: int = 0, postprocess: list[str | dict] | None = None):
