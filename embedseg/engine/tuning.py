@@ -161,7 +161,7 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
     already there is tuned again only with `overwrite`; with `write` False nothing is written).
     Returns grouper -> (the config's trial, the best trial, every trial)."""
     run_dir = Path(run_dir)
-    metric_family(metric)  # a bad metric, grouper or budget fails before the network runs
+    family = metric_family(metric)  # a bad metric, grouper or budget fails before the network runs
     if trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
     config, model, ckpt = load_run(run_dir, overrides, tuned=False)
@@ -173,7 +173,6 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
         raise FileExistsError(f"{run_dir / TUNED_FILE} already holds {', '.join(done)}; use --overwrite to tune "
                               "again, or --groupers to tune others")
     dataset = dataset_for_split(config, TUNE_SPLIT)
-    family = metric_family(metric)
     evaluators = config_evaluators(config, ckpt["class_names"], [family])
     results = {}
     with tempfile.TemporaryDirectory(prefix="embedseg-tune-") as folder:  # the network runs once per image

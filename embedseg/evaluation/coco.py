@@ -33,6 +33,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from embedseg.evaluation.records import ImageRecords
 from embedseg.structures import Instances
 
 _AREAS = (("APs", "small"), ("APm", "medium"), ("APl", "large"))
@@ -86,7 +87,7 @@ def _summary(E: COCOeval, prefix: str = "", areas: bool = True) -> dict:
     return out
 
 
-class COCOEvaluator:
+class COCOEvaluator(ImageRecords):
     """COCO mask AP of a data set, one image at a time.
 
     `process` encodes the image's ground truth, predictions and crowd region as RLE at once (with
@@ -102,9 +103,6 @@ class COCOEvaluator:
         self.class_names, self.max_dets, self.class_agnostic = class_names, int(max_dets), class_agnostic
         self.reset()
 
-    def reset(self) -> None:
-        self.images: list[dict] = []
-
     def process(self, ground_truth: Instances, prediction: Instances, crowd: np.ndarray | None = None) -> None:
         """Encode one image; `crowd` is its ignore region (bool [H, W]) or None."""
         check_image(len(self.images), ground_truth, prediction, crowd, self.class_names)
@@ -115,13 +113,6 @@ class COCOEvaluator:
             "pred": _encode(prediction),
             "crowd": None if crowd is None else _encode(Instances(np.asarray(crowd, bool)[None], [1.0], [1])),
         })
-
-    def state(self) -> list[dict]:
-        return list(self.images)
-
-    def merge(self, states: list[list[dict]]) -> None:
-        for state in states:
-            self.images.extend(state)
 
     def evaluate(self) -> dict:
         """AP, AP50, AP75, APs, APm, APl, AR, per_class, agnostic_* (see `evaluate_coco`)."""

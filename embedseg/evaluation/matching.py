@@ -53,6 +53,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from embedseg.evaluation.records import ImageRecords
 from embedseg.structures import Instances
 
 MATCHING_METRICS = ("matching_ap", "sbd", "dic", "map_r")
@@ -352,7 +353,7 @@ def threshold_key(prefix: str, threshold: float) -> str:
     return f"{prefix}{round(100 * threshold, 4):g}"
 
 
-class MatchingEvaluator:
+class MatchingEvaluator(ImageRecords):
     """The matching metrics of a data set, one image at a time (see the module docstring).
 
     `process` reduces each image to what the metrics need -- per-image AP at each IoU threshold,
@@ -372,9 +373,6 @@ class MatchingEvaluator:
         self.map_r_thresholds = _thresholds(map_r_thresholds, "map_r_thresholds") if "map_r" in metrics else None
         self.reset()
 
-    def reset(self) -> None:
-        self.images: list[dict] = []
-
     def process(self, ground_truth, prediction, crowd: np.ndarray | None = None) -> None:
         """Score one image (`Instances` or label maps); see the module docstring for `crowd`."""
         o = image_overlap(ground_truth, prediction, crowd, where=f"image {len(self.images)}")
@@ -386,13 +384,6 @@ class MatchingEvaluator:
         if self.map_r_thresholds is not None:
             record["map_r"] = ranked_image(o, self.map_r_thresholds)
         self.images.append(record)
-
-    def state(self) -> list[dict]:
-        return list(self.images)
-
-    def merge(self, states: Sequence[list[dict]]) -> None:
-        for state in states:
-            self.images.extend(state)
 
     def evaluate(self) -> dict:
         """The flat dict of `evaluate_matching`."""
