@@ -355,11 +355,37 @@ def component_blocks(config: Config) -> list[tuple[str, Any, str, dict, tuple[st
     return blocks
 
 
+def spatial_embedding(config: Config) -> bool:
+    """Whether the run's embedding is trained by the spatial loss (positions and margins, not distances)."""
+    return any(isinstance(block, dict) and block.get("name") == "spatial" for block in config.loss.values())
+
+
+def _check_spatial(config: Config) -> None:
+    """The spatial loss reads embedding channels 0, 1 as positions (the model's coord_scale adds them)
+    and the rest as its margins (embedseg.losses.spatial)."""
+    for term, block in config.loss.items():
+        if not (isinstance(block, dict) and block.get("name") == "spatial"):
+            continue
+        n_sigma, scale = block.get("n_sigma", 1), config.model.get("coord_scale", 0.0)
+        dim = config.model.get("embedding_dim", 64)
+        if not scale > 0:
+            raise ConfigError(f"loss.{term} is spatial: model.coord_scale must be > 0 (positions in embedding "
+                              f"channels 0, 1), got {scale}")
+        if dim != 2 + n_sigma:
+            raise ConfigError(f"loss.{term} is spatial with n_sigma {n_sigma}: model.embedding_dim must be "
+                              f"{2 + n_sigma}, got {dim}")
+        if block.get("center") == "medoid" and block.get("coord_scale") != scale:
+            raise ConfigError(f"loss.{term}.coord_scale = {block.get('coord_scale')} must equal model.coord_scale = "
+                              f"{scale} (the medoid's pixel position in embedding units)")
+
+
 def _validate(config: Config) -> None:
     from embedseg.data import DATASETS
     from embedseg.grouping import GROUPERS
     from embedseg.losses import LOSSES, WeightRamp
 
+    # a term set to null is left out: how a config drops a term its base declares
+    config.loss = {term: block for term, block in config.loss.items() if block is not None}
     if not config.loss:
         raise ConfigError(f"loss needs at least one term; choose from: {', '.join(LOSSES.names())}")
     if not config.grouping:
@@ -386,6 +412,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"data.split_params.{split} must be a mapping of dataset parameters")
         DATASETS.check_params(config.data.dataset["name"], params, f"data.split_params.{split}", ("split",))
     _check_tune(config.data.tune)
+    _check_spatial(config)
     _check_choice(config.train.schedule, SCHEDULES, "train.schedule")
     _check_choice(config.train.device, DEVICES, "train.device")
     _check_choice(config.train.on_nonfinite, ON_NONFINITE, "train.on_nonfinite")

@@ -26,15 +26,20 @@ def seediness_of(k: int) -> float:
     return 0.5 + k / 20.0
 
 
+SPATIAL_SCALE = 0.25  # units per pixel of the planted spatial embeddings
+
+
 def planted(touching: bool = False, num_classes: int = 2, dim: int = 8, seed: int = 0, noise: float = 0.05,
-            size: int = 48):
+            size: int = 48, spatial: bool = False):
     """Six square instances with well-separated embedding centres; returns (outputs, ground truth).
 
     With touching=True the squares of a row share edges (one connected foreground per class).
     Instance k (1..6, row by row) has class 1 + row % num_classes, seediness 0.5 + k/20 and class
     probability 0.35 + 0.1 k, so every grouper's scores rise with k. All instances carry the same
     noise pattern around their centre, so their clusters have the same shape (and HDBSCAN gives
-    them the same membership strengths).
+    them the same membership strengths). With spatial=True the embedding is what the spatial loss
+    trains instead (embedseg.losses.spatial): channels 0, 1 the position of the instance's centre
+    (SPATIAL_SCALE units per pixel) plus the noise, channel 2 a margin of 0 (kernel exp(-d^2)).
     """
     rng = np.random.default_rng(seed)
     h = w = size
@@ -56,6 +61,11 @@ def planted(touching: bool = False, num_classes: int = 2, dim: int = 8, seed: in
             semantic_map[box] = 1 + row % num_classes
             class_prob[box] = class_probability(k)
             embedding[box] = centres[k] + pattern
+            if spatial:
+                embedding[box][..., :2] = spatial_point(y0 + SIDE / 2, x0 + SIDE / 2) + pattern[..., :2]
+    if spatial:
+        embedding[..., 2] = 0.0
+        embedding = embedding[..., :3]
     rest = np.where(label_map > 0, (1 - class_prob) / num_classes, 0.05 / num_classes)  # spread over the others
     semantic = rest[None].repeat(num_classes + 1, 0)
     semantic[0][label_map == 0] = 0.95
@@ -66,6 +76,16 @@ def planted(touching: bool = False, num_classes: int = 2, dim: int = 8, seed: in
                "seediness": seediness.astype(np.float32),
                "instances": label_map}  # what eval.oracle: [instances] adds, for oracle_centres; the others ignore it
     return outputs, Instances.from_label_map(label_map, labels=semantic_map)
+
+
+def spatial_point(y: float, x: float) -> np.ndarray:
+    """Channels 0, 1 of a spatial embedding pointing at pixel (y, x)."""
+    return SPATIAL_SCALE * np.array([y, x])
+
+
+def planted_for(name: str, **kwargs):
+    """`planted` with the outputs grouper `name` reads: a spatial embedding for the spatial grouper."""
+    return planted(**kwargs, spatial=GROUPERS.get(name).spatial is True)
 
 
 def instance_ids(pred: Instances, gt: Instances) -> list[int]:
@@ -90,7 +110,7 @@ def assert_exact_recovery(pred: Instances, gt: Instances):
 
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_every_grouper_recovers_planted_clusters_with_classes_and_ordered_scores(name):
-    outputs, gt = planted(touching=False)
+    outputs, gt = planted_for(name, touching=False)
     pred = build_grouper(name)(outputs)
     assert len(pred) == 6 and pred.image_size == gt.image_size
     assert_exact_recovery(pred, gt)
@@ -116,7 +136,7 @@ def step_example(step: str) -> dict:
 
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_every_grouper_handles_empty_foreground(name):
-    outputs, _ = planted(touching=False)
+    outputs, _ = planted_for(name, touching=False)
     outputs["semantic"][0] = 1.0  # background wins everywhere
     outputs["seediness"][:] = 0.0
     pred = build_grouper(name, postprocess=[step_example(s) for s in POSTPROCESS.names()])(outputs)
@@ -126,7 +146,7 @@ def test_every_grouper_handles_empty_foreground(name):
 @pytest.mark.parametrize("step", POSTPROCESS.names())
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_every_postprocess_step_after_every_grouper_keeps_planted_clusters(name, step):
-    outputs, gt = planted(touching=False)  # connected, apart, of one size: no step has anything to change
+    outputs, gt = planted_for(name, touching=False)  # connected, apart, of one size: no step has anything to change
     pred = build_grouper(name, postprocess=[step_example(step)])(outputs)
     assert pred.masks.dtype == bool and pred.masks.shape == (6, 48, 48)
     assert np.all((pred.scores > 0) & (pred.scores <= 1)) and set(pred.labels.tolist()) == {1, 2}
@@ -139,8 +159,9 @@ SMALL_SAMPLES = {"meanshift": {"sample_size": 100}, "seeds": {"num_candidates": 
 
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_every_grouper_is_reproducible_for_a_random_state(name):
-    outputs, gt = planted(touching=False, noise=0.1)
-    del outputs["seediness"]  # without seediness the samplers fall back on random priorities
+    outputs, gt = planted_for(name, touching=False, noise=0.1)
+    if not GROUPERS.get(name).spatial:  # without seediness the samplers fall back on random priorities
+        del outputs["seediness"]  # (the spatial grouper's seeds are the seed map: it needs one)
     params = dict(SMALL_SAMPLES.get(name, {}))
     if "random_state" in GROUPERS.parameters(name):
         params["random_state"] = 3
@@ -156,14 +177,14 @@ def test_every_grouper_is_reproducible_for_a_random_state(name):
 
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_every_grouper_accepts_torch_inputs(name):
-    outputs, gt = planted(touching=False)
+    outputs, gt = planted_for(name, touching=False)
     pred = build_grouper(name)({k: torch.from_numpy(v) for k, v in outputs.items()})
     assert_exact_recovery(pred, gt)
 
 
 @pytest.mark.parametrize("name", sorted(set(GROUPERS.names()) - {"components"}))
 def test_embedding_groupers_split_touching_objects(name):
-    outputs, gt = planted(touching=True)
+    outputs, gt = planted_for(name, touching=True)
     assert_exact_recovery(build_grouper(name)(outputs), gt)
 
 
@@ -172,7 +193,7 @@ def test_embedding_groupers_split_touching_objects(name):
 
 @pytest.mark.parametrize("name", sorted(set(GROUPERS.names()) - {"components"}))
 def test_split_disconnected_separates_far_apart_look_alikes(name):
-    outputs, gt = planted(touching=False)
+    outputs, gt = planted_for(name, touching=False)
     label_map = gt.to_label_map()
     # Instance 3 (top right) gets the embedding of instance 1 (top left, same class): one cluster, two places.
     outputs["embedding"][:, label_map == 3] = outputs["embedding"][:, label_map == 1]
@@ -275,15 +296,18 @@ def test_meanshift_merge_joins_a_long_object_the_bandwidth_cuts():
 
 GROUPER_MIN_SIZE_5 = {"meanshift": {"min_size": 5, "sample_size": None}, "seeds": {"min_size": 5},
                       "hdbscan": {"min_size": 5, "min_cluster_size": 5, "sample_size": None},
-                      "components": {"min_size": 5}}
+                      "components": {"min_size": 5}, "spatial": {"min_size": 5}}
 
 
 @pytest.mark.parametrize("name", GROUPERS.names())
 def test_drop_relatively_small_drops_a_fragment_far_smaller_than_the_image_s_objects(name):
     # The six planted 12x12 squares plus a 3x3 fragment with an embedding of its own: min_size 5 keeps
     # the fragment; a fraction 0.1 of the median area 144 (14.4 px) drops it and only it.
-    outputs, gt = planted()
+    outputs, gt = planted_for(name)
     outputs["embedding"][:, 40:43, 40:43] = -8.0
+    if GROUPERS.get(name).spatial:  # a fragment pointing at its own centre, with the planted margin
+        outputs["embedding"][:2, 40:43, 40:43] = spatial_point(41, 41)[:, None, None]
+        outputs["embedding"][2, 40:43, 40:43] = 0.0
     outputs["semantic"][:, 40:43, 40:43] = np.array([0.05, 0.9, 0.05], np.float32)[:, None, None]
     outputs["seediness"][40:43, 40:43] = 0.6
     outputs["instances"][40:43, 40:43] = 7  # a centre of its own for oracle_centres

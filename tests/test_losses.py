@@ -163,10 +163,14 @@ def test_criterion_weights_terms():
     assert out["embedding.var"].item() == pytest.approx(1 / 6)
 
 
+# Embedding channels a loss needs where any number will not do (spatial: 2 positions + 1 margin).
+EMBEDDING_CHANNELS = {"spatial": 3}
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_every_registered_loss_gives_a_finite_scalar_and_gradients(name):
     torch.manual_seed(0)
-    outputs = {"embedding": torch.randn(2, 8, 16, 16, requires_grad=True),
+    outputs = {"embedding": torch.randn(2, EMBEDDING_CHANNELS.get(name, 8), 16, 16, requires_grad=True),
                "seediness": torch.rand(2, 1, 16, 16, requires_grad=True),
                "semantic": torch.randn(2, 3, 16, 16, requires_grad=True)}
     instances = torch.randint(0, 4, (2, 16, 16))

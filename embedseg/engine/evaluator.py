@@ -170,11 +170,12 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
     there first (float16; see engine.output_cache); a cache of another network or split is
     replaced only with `overwrite_cache`.
     """
+    from embedseg.config import spatial_embedding
     from embedseg.engine.run import build_groupers, build_predictor, dataset_for_split
     from embedseg.grouping import default_groupers
 
     if names is None:
-        names = default_groupers(list(config.grouping))
+        names = default_groupers(list(config.grouping), spatial_embedding(config))
     groupers = build_groupers(config, names)
     split = split or config.eval.split
     dataset = dataset_for_split(config, split)

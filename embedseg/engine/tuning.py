@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from embedseg.config import read_yaml
+from embedseg.config import read_yaml, spatial_embedding
 from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.output_cache import cache_outputs
@@ -165,7 +165,7 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
     if trials < 1:
         raise ValueError(f"--trials must be at least 1, got {trials}")
     config, model, ckpt = load_run(run_dir, overrides, tuned=False)
-    names = names or default_groupers(list(config.grouping))
+    names = names or default_groupers(list(config.grouping), spatial_embedding(config))
     for name in names:
         GROUPERS.get(name)
     done = [n for n in names if n in tuned_groupers(run_dir)]

@@ -11,7 +11,8 @@ from embedseg.grouping.oracle_centres import OracleCentresGrouper
 from embedseg.grouping.postprocess import DropRelativelySmall, DropSmall, MergeContinuous, SplitDisconnected
 from embedseg.grouping.registry import GROUPERS, POSTPROCESS, build_grouper, build_postprocess, default_groupers
 from embedseg.grouping.seeds import SeedsGrouper
+from embedseg.grouping.spatial import SpatialGrouper
 
 __all__ = ["GROUPERS", "POSTPROCESS", "ConnectedComponentsGrouper", "DropRelativelySmall", "DropSmall", "Grouper",
            "HDBSCANGrouper", "MeanShiftGrouper", "MergeContinuous", "OracleCentresGrouper", "SeedsGrouper",
-           "SplitDisconnected", "build_grouper", "build_postprocess", "default_groupers"]
+           "SpatialGrouper", "SplitDisconnected", "build_grouper", "build_postprocess", "default_groupers"]

@@ -45,6 +45,9 @@ class Grouper:
     search_space: ClassVar[dict[str, list]] = {}
     # a grouper that reads ground truth (eval.oracle) is left out of "every grouper" defaults
     oracle: ClassVar[bool] = False
+    # the outputs it reads: a learned distance embedding (False), the spatial loss's positions and
+    # margins (True; embedseg.losses.spatial), or the foreground alone (None: any run)
+    spatial: ClassVar[bool | None] = False
 
     def __init__(self, postprocess: list[str | dict] | None = None):
         self.postprocess = build_postprocess(postprocess)  # None: no post-processing

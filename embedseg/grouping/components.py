@@ -21,6 +21,7 @@ class ConnectedComponentsGrouper(Grouper):
     """
 
     search_space: ClassVar[dict[str, list]] = {"min_size": MIN_SIZES}
+    spatial: ClassVar[bool | None] = None
 
     def __init__(self, min_size: int = 20, postprocess: list[str | dict] | None = None):
         super().__init__(postprocess)

@@ -45,6 +45,9 @@ def build_grouper(name: str, postprocess: list[str | dict] | None = None, **para
     return GROUPERS.build(name, postprocess=postprocess, **params)
 
 
-def default_groupers(first: list[str] = ()) -> list[str]:
-    """`first`, then every other registered grouper that needs no ground truth: what "every grouper" means."""
-    return [*first, *(n for n in GROUPERS.names() if n not in first and not GROUPERS.get(n).oracle)]
+def default_groupers(first: list[str] = (), spatial: bool = False) -> list[str]:
+    """`first`, then every other registered grouper that needs no ground truth and reads the outputs of
+    a run's embedding (`spatial`: trained with the spatial loss): what "every grouper" means."""
+    def fits(cls) -> bool:
+        return not cls.oracle and cls.spatial in (None, spatial)
+    return [*first, *(n for n in GROUPERS.names() if n not in first and fits(GROUPERS.get(n)))]

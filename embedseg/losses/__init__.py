@@ -6,6 +6,7 @@ from embedseg.losses.metric import MetricLoss, pair_similarity
 from embedseg.losses.registry import LOSSES
 from embedseg.losses.seediness import SeedDistanceLoss, SeedIoULoss
 from embedseg.losses.semantic import SemanticCrossEntropy
+from embedseg.losses.spatial import SpatialEmbeddingLoss
 
 
 def build_loss(name: str, **params):
@@ -13,5 +14,5 @@ def build_loss(name: str, **params):
 
 
 __all__ = ["LOSSES", "Criterion", "DiscriminativeLoss", "MetricLoss", "PixelSample", "SeedDistanceLoss",
-           "SeedIoULoss", "SemanticCrossEntropy", "WeightRamp", "build_criterion", "build_loss",
+           "SeedIoULoss", "SemanticCrossEntropy", "SpatialEmbeddingLoss", "WeightRamp", "build_criterion", "build_loss",
            "pair_similarity", "sample_pixels"]

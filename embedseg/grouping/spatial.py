@@ -1,0 +1,73 @@
+"""Seeds and learned margins of spatial embeddings (Neven et al. 2019; embedseg.losses.spatial)."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from embedseg.grouping.base import MIN_SIZES, Grouper, as_tensor, foreground_embeddings, no_masks, pixel_values
+from embedseg.grouping.registry import GROUPERS
+
+
+@GROUPERS.register("spatial")
+class SpatialGrouper(Grouper):
+    """One mask per seed, gathered by the seed's own kernel.
+
+    Reads outputs["embedding"] [2 + n_sigma, H, W] as the spatial loss trains it (channels 0, 1: the
+    position each pixel points at; the rest: its raw margin) and outputs["seediness"]. Over the
+    foreground pixels, again and again: take the unclaimed pixel of highest seediness, stop when it
+    is below `seed_threshold`; its kernel phi(j) = exp(-sum_d exp(sigma_d) (e_j,d - e_seed,d)^2) with
+    the seed's margin sigma gathers the proposal {j : phi(j) > 0.5}; the proposal's unclaimed pixels
+    become a mask when they are at least `min_size` pixels and at least `min_unclaimed` of the
+    proposal. The proposal is claimed either way, so no seed is tried twice. Score: the seed's
+    seediness. Each step is one pass over the foreground pixels, for at most `max_instances` seeds.
+    """
+
+    search_space: ClassVar[dict[str, list]] = {"seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                               "min_size": MIN_SIZES, "min_unclaimed": [0.3, 0.5, 0.7]}
+    spatial: ClassVar[bool | None] = True
+
+    def __init__(self, seed_threshold: float = 0.5, min_size: int = 10, min_unclaimed: float = 0.5,
+                 max_instances: int = 2000, postprocess: list[str | dict] | None = None):
+        super().__init__(postprocess)
+        if not 0.0 <= seed_threshold < 1.0:
+            raise ValueError(f"seed_threshold must be in [0, 1), got {seed_threshold}")
+        if not 0.0 < min_unclaimed <= 1.0:
+            raise ValueError(f"min_unclaimed must be in (0, 1], got {min_unclaimed}")
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.seed_threshold, self.min_size = seed_threshold, min_size
+        self.min_unclaimed, self.max_instances = min_unclaimed, max_instances
+
+    def propose(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        pixel_index, x, (h, w) = foreground_embeddings(outputs)
+        if x.shape[1] not in (3, 4):
+            raise ValueError(f"the spatial grouper needs a spatial embedding [2 + n_sigma, H, W] (loss: spatial), "
+                             f"got {x.shape[1]} channels")
+        seediness = pixel_values(outputs, "seediness", pixel_index)
+        if seediness is None:
+            raise KeyError("the spatial grouper needs outputs['seediness'], the seed map")
+        if len(x) == 0:
+            return no_masks((h, w))
+        positions, scale = x[:, :2], x[:, 2:].exp()
+        eligible = seediness >= self.seed_threshold
+        free = torch.ones(len(x), dtype=torch.bool)  # in no proposal yet
+        masks, scores = [], []
+        while len(masks) < self.max_instances:
+            candidates = torch.where(eligible & free, seediness, -1.0)
+            seed = int(torch.argmax(candidates))
+            if candidates[seed] < 0:
+                break
+            kernel = torch.exp(-(scale[seed] * (positions - positions[seed]).pow(2)).sum(1))
+            proposal = kernel > 0.5
+            proposal[seed] = True
+            mask = proposal & free
+            if mask.sum() >= max(1, self.min_size) and mask.sum() >= self.min_unclaimed * proposal.sum():
+                masks.append(mask)
+                scores.append(seediness[seed])
+            free &= ~proposal
+        if not masks:
+            return no_masks((h, w))
+        image_masks = torch.zeros(len(masks), h * w, dtype=torch.bool)
+        image_masks[:, pixel_index] = torch.stack(masks)
+        return image_masks.view(-1, h, w), as_tensor(torch.stack(scores))

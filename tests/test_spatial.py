@@ -1,0 +1,197 @@
+"""Spatial embeddings (Neven et al. 2019): the loss against a per-instance reference, known values,
+gradients, medoids, and the grouper on planted touching instances of different sizes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from embedseg.config import ConfigError, load_config
+from embedseg.evaluation import evaluate_coco
+from embedseg.grouping import build_grouper
+from embedseg.losses import build_loss
+from embedseg.losses.base import ImageClusters
+from embedseg.losses.spatial import l1_medoids
+from embedseg.structures import Instances
+
+EXPERIMENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
+
+
+def lovasz_hinge_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s Lovasz hinge of one mask, written out for one image and one object."""
+    errors = 1 - logits * (2 * labels - 1)
+    errors, order = torch.sort(errors, descending=True)
+    sorted_labels = labels[order]
+    objects = sorted_labels.sum()
+    jaccard = 1 - (objects - sorted_labels.cumsum(0)) / (objects + (1 - sorted_labels).cumsum(0))
+    jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return torch.dot(torch.relu(errors), jaccard)
+
+
+def reference_loss(embedding, seediness, instances, center, coord_scale, foreground_weight=10.0):
+    """The spatial loss terms by a loop over images and instances, over every pixel of the image."""
+    b, w = embedding.shape[0], embedding.shape[3]
+    instance_terms, smooth_terms, seed_terms = [], [], []
+    for image in range(b):
+        e, margin = embedding[image, :2].reshape(2, -1), embedding[image, 2:].reshape(embedding.shape[1] - 2, -1)
+        ids, seed = instances[image].reshape(-1), seediness[image, 0].reshape(-1)
+        labelled = ids >= 0
+        target = torch.zeros_like(seed)
+        hinges, smooths = [], []
+        for k in sorted(set(ids[ids > 0].tolist())):
+            mask = ids == k
+            if center == "mean":
+                centre = e[:, mask].mean(1)
+            else:  # the pixel with the least sum of L1 distances to the others (first in raster order on ties)
+                index = torch.nonzero(mask).squeeze(1)
+                y, x = index // w, index % w
+                cost = (y[:, None] - y[None]).abs().sum(1) + (x[:, None] - x[None]).abs().sum(1)
+                best = index[torch.argmin(cost)]
+                centre = coord_scale * torch.tensor([float(best // w), float(best % w)], dtype=e.dtype)
+            sigma = margin[:, mask].mean(1)
+            smooths.append((margin[:, mask] - sigma[:, None].detach()).pow(2).mean())
+            kernel = torch.exp(-(sigma.exp()[:, None] * (e - centre[:, None]).pow(2)).sum(0))
+            hinges.append(lovasz_hinge_reference((2 * kernel - 1)[labelled], mask[labelled].to(e.dtype)))
+            target[mask] = kernel[mask].detach()
+        if hinges:
+            instance_terms.append(torch.stack(hinges).mean())
+            smooth_terms.append(torch.stack(smooths).mean())
+        weight = torch.where(ids > 0, foreground_weight, 1.0) * labelled
+        seed_terms.append((weight * (seed - target).pow(2)).sum() / labelled.sum())
+    return torch.stack(instance_terms).mean(), torch.stack(smooth_terms).mean(), torch.stack(seed_terms).mean()
+
+
+def random_batch(n_sigma: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    instances = torch.randint(0, 5, (3, 12, 14), generator=generator)
+    instances[0, :3] = -1  # ignored pixels
+    instances[2] = 0
+    instances[2, 3:7, 4:8] = 9  # one instance alone
+    embedding = 0.5 * torch.randn(3, 2 + n_sigma, 12, 14, generator=generator, dtype=torch.float64)
+    embedding[:, 2:] -= 1.0
+    seediness = torch.rand(3, 1, 12, 14, generator=generator, dtype=torch.float64)
+    return embedding, seediness, instances
+
+
+@pytest.mark.parametrize("n_sigma", [1, 2])
+@pytest.mark.parametrize("center", ["mean", "medoid"])
+def test_loss_equals_the_per_instance_reference_over_whole_images(n_sigma, center):
+    embedding, seediness, instances = random_batch(n_sigma)
+    loss = build_loss("spatial", n_sigma=n_sigma, center=center, coord_scale=0.1, kernel_floor=0.0)
+    out = loss(embedding, seediness, instances)
+    instance, smooth, seed = reference_loss(embedding, seediness, instances, center, 0.1)
+    assert out["instance"].item() == pytest.approx(instance.item(), rel=1e-9)
+    assert out["smooth"].item() == pytest.approx(smooth.item(), rel=1e-9)
+    assert out["seed"].item() == pytest.approx(seed.item(), rel=1e-9)
+    assert out["loss"].item() == pytest.approx((instance + 10 * smooth + seed).item(), rel=1e-9)
+
+
+def test_kernel_floor_drops_only_background_pixels_of_negligible_error():
+    embedding, seediness, instances = random_batch(1, seed=1)
+    exact = build_loss("spatial", kernel_floor=0.0)(embedding, seediness, instances)["instance"]
+    floored = build_loss("spatial", kernel_floor=1e-3)(embedding, seediness, instances)["instance"]
+    assert floored.item() == pytest.approx(exact.item(), abs=2e-3)
+
+
+def test_gradients_match_finite_differences():
+    # The terms with no held-fixed part: the Lovasz hinge through offsets, centres and margins, and the
+    # seed regression through the seed map (its target, the kernel, is held fixed by design).
+    embedding, seediness, instances = random_batch(2, seed=2)
+    embedding, seediness, instances = embedding[1:2, :, 3:, :7], seediness[1:2, :, 3:, :7], instances[1:2, 3:, :7]
+    loss = build_loss("spatial", n_sigma=2, center="mean", kernel_floor=0.0)
+    assert torch.autograd.gradcheck(lambda e: loss(e, seediness, instances)["instance"],
+                                    (embedding.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda s: loss(embedding, s, instances)["seed"],
+                                    (seediness.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+
+
+def discs(size: int = 40) -> torch.Tensor:
+    """Two touching discs of radius 9 and 5 and a 6x6 square apart: [1, size, size] ids."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ids = torch.zeros(size, size, dtype=torch.long)
+    ids[(yy - 15) ** 2 + (xx - 12) ** 2 < 81] = 1
+    ids[((yy - 15) ** 2 + (xx - 26) ** 2 < 25) & (ids == 0)] = 2
+    ids[30:36, 30:36] = 3
+    return ids[None]
+
+
+def perfect_outputs(instances: torch.Tensor, coord_scale: float, margin: float):
+    """Every instance pixel at its instance's medoid, margin `margin`, seed map 1 on objects, 0 elsewhere."""
+    _, h, w = instances.shape
+    clusters = ImageClusters.build(instances)
+    centres = coord_scale * l1_medoids(clusters, (h, w)).double()
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    embedding = torch.cat([coord_scale * torch.stack([yy, xx]).double()[None],
+                           torch.full((1, 1, h, w), margin, dtype=torch.float64)], 1)
+    flat = embedding[0, :2].reshape(2, -1)
+    flat[:, clusters.pixel] = clusters.at_pixels(centres).T
+    return embedding, (instances > 0).double()[:, None]
+
+
+def test_loss_is_near_zero_for_perfect_offsets_and_margins_and_large_for_collapsed_ones():
+    instances = discs()
+    loss = build_loss("spatial", center="medoid", coord_scale=0.1)
+    embedding, seediness = perfect_outputs(instances, 0.1, margin=6.0)  # kernel exp(-403 d^2): narrow
+    perfect = loss(embedding, seediness, instances)
+    assert perfect["loss"].item() < 1e-6
+    collapsed = embedding.clone()
+    collapsed[:, :2] = 1.0  # every pixel at one point: each kernel gathers the whole image
+    assert loss(collapsed, seediness, instances)["instance"].item() > 0.9
+
+
+def test_medoid_lies_on_the_object_where_the_mean_does_not():
+    ids = torch.zeros(1, 20, 20, dtype=torch.long)
+    ids[0, 2:18, 2:5] = ids[0, 2:5, 2:18] = ids[0, 15:18, 2:18] = 1  # a C: its mean lies in the gap
+    y, x = l1_medoids(ImageClusters.build(ids), (20, 20))[0, 0].tolist()
+    assert ids[0, y, x] == 1
+    yy, xx = torch.nonzero(ids[0], as_tuple=True)
+    assert ids[0, round(yy.float().mean().item()), round(xx.float().mean().item())] == 0
+
+
+def grouper_outputs(instances: torch.Tensor, coord_scale: float, noise: float, seed: int = 0) -> dict:
+    """Outputs the spatial loss would train towards, with offsets off by up to `noise` units: the
+    margin of each instance covers its own pixels and none of its neighbours' (exp(margin) = 4)."""
+    embedding, seediness = perfect_outputs(instances, coord_scale, margin=float(np.log(4.0)))
+    generator = torch.Generator().manual_seed(seed)
+    embedding[:, :2] += noise * (2 * torch.rand(embedding[:, :2].shape, generator=generator, dtype=torch.float64) - 1)
+    seediness = seediness[0, 0] * (0.8 + 0.1 * torch.rand(instances.shape[1:], generator=generator, dtype=torch.float64))
+    foreground = (instances[0] > 0).double()
+    return {"embedding": embedding[0].float().numpy(), "seediness": seediness.float().numpy(),
+            "semantic": torch.stack([1 - foreground, foreground]).float().numpy()}
+
+
+def test_spatial_grouper_recovers_touching_instances_of_different_sizes_exactly():
+    instances = discs()
+    gt = Instances.from_label_map(instances[0].numpy())
+    # centres 14 px apart at 0.1 units per pixel: 1.4 units, kernel exp(-4 * 1.96) far below 0.5;
+    # offsets off by 0.1 units keep every pixel's kernel value above exp(-4 * 0.02) > 0.5
+    outputs = grouper_outputs(instances, coord_scale=0.1, noise=0.1)
+    pred = build_grouper("spatial", min_size=5)(outputs)
+    assert evaluate_coco([gt], [pred])["AP"] == pytest.approx(1.0)
+    assert sorted(m.tobytes() for m in pred.masks) == sorted(m.tobytes() for m in gt.masks)
+    # A seed threshold above every seed finds nothing; a min_size above the square's 36 pixels drops it.
+    assert len(build_grouper("spatial", seed_threshold=0.95)(outputs)) == 0
+    assert sorted(int(m.sum()) for m in build_grouper("spatial", min_size=40)(outputs).masks) == [sorted(
+        int(m.sum()) for m in gt.masks)[i] for i in (1, 2)]
+
+
+def test_spatial_grouper_refuses_an_embedding_that_is_not_spatial():
+    outputs = grouper_outputs(discs(), coord_scale=0.1, noise=0.0)
+    outputs["embedding"] = np.zeros((16, 40, 40), np.float32)
+    with pytest.raises(ValueError, match="needs a spatial embedding"):
+        build_grouper("spatial")(outputs)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.coord_scale=0.0"], "loss.embedding is spatial: model.coord_scale must be > 0"),
+    (["model.embedding_dim=16"], "model.embedding_dim must be 3, got 16"),
+    (["loss.embedding.coord_scale=0.5"], r"loss.embedding.coord_scale = 0.5 must equal model.coord_scale"),
+])
+def test_spatial_configs_that_do_not_fit_the_model_are_refused(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(EXPERIMENTS / "neven2019" / "synthetic_cpu.yaml", overrides)
+
+
+def test_a_loss_term_set_to_null_is_dropped():
+    config = load_config(EXPERIMENTS / "neven2019" / "synthetic_cpu.yaml")
+    assert set(config.loss) == {"embedding", "semantic"}
