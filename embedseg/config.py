@@ -97,6 +97,8 @@ class EvalConfig:
     num_overlays: int = 4  # images drawn into overlays.png
     # ground truth in place of network outputs, for ablations: foreground, instances (embedseg.engine.oracle)
     oracle: list[str] = field(default_factory=list)
+    # average the network's outputs over the 8 flips and quarter turns of each image (embedseg.engine.tta)
+    tta: bool = False
 
 
 @dataclass

@@ -194,13 +194,15 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
 
 
 def network_pass_key(config, model, split: str) -> dict:
-    """What a cached network pass depends on: the weights (a digest), the model block and the split's data."""
+    """What a cached network pass depends on: the weights (a digest), the model block, the split's data and
+    eval.tta (recorded only when on, so that caches written before the option existed still match)."""
     digest = hashlib.sha1()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return {"weights_sha1": digest.hexdigest(), "model": dict(config.model), "split": split,
-            "dataset": {**config.data.dataset, **config.data.split_params.get(split, {})}}
+            "dataset": {**config.data.dataset, **config.data.split_params.get(split, {})},
+            **({"tta": True} if config.eval.tta else {})}
 
 
 def format_grouping_table(results: dict[str, dict]) -> str:

@@ -7,6 +7,8 @@
                                                          "step": 1200}}},
      "val[:5]": {...}}
 
+A score with test-time augmentation (eval.tta) records "tta": true in its scored_on (absent when off).
+
 A score of the first N images of a split only (eval.max_images, `evaluate --max-images N` with N below
 the split's size) is stored under "<split>[:N]", so it never replaces the numbers of the whole split.
 """
@@ -32,11 +34,11 @@ def grouper_parameters(name: str, params: dict | None) -> dict:
 
 
 def scored_on(split: str, image_names: list[str], split_images: int, grouper: dict, max_dets: int,
-              checkpoint: str, step: int) -> dict:
+              checkpoint: str, step: int, tta: bool) -> dict:
     """What one entry of metrics.json was scored on (the `scored_on` record of the module docstring)."""
     return {"split": split, "images": len(image_names), "split_images": split_images,
             "image_names": list(image_names), "grouper": grouper, "max_dets": max_dets,
-            "checkpoint": checkpoint, "step": step}
+            "checkpoint": checkpoint, "step": step, **({"tta": True} if tta else {})}
 
 
 def record_metrics(path: Path, key: str, results: dict[str, dict], provenance: dict[str, dict]) -> list[str]:
@@ -66,7 +68,7 @@ def record_scores(run_dir: Path, config, ckpt: dict, split: str, results: dict, 
     entries replaced that had been scored otherwise)."""
     checkpoint = find_checkpoint(run_dir).name
     provenance = {name: scored_on(split, run.names, run.split_images, grouper_parameters(name, config.grouping.get(name)),
-                                  config.eval.max_dets, checkpoint, ckpt.get("step"))
+                                  config.eval.max_dets, checkpoint, ckpt.get("step"), config.eval.tta)
                   for name in results}
     key = metrics_key(split, len(run.names), run.split_images)
     return key, record_metrics(run_dir / "metrics.json", key, results, provenance)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from embedseg.data.transforms import image_to_tensor
+from embedseg.engine.tta import average_over_transforms
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
@@ -46,10 +47,16 @@ class Predictor:
     images beyond 2048 pixels: below that a whole image fits in memory, and tiles would repeat the
     overlap's work for nothing. `channels_last` runs the network in
     that memory format (the config's train.channels_last; outputs are the same up to rounding).
+
+    `tta` (the config's eval.tta) runs the network on the 8 flips and quarter turns of each image or
+    tile and averages the outputs mapped back (embedseg.engine.tta): seediness, class probabilities
+    and the embedding, whose first two channels are turned as position vectors when the model's
+    `coord_scale` is above 0 (a model without that attribute has no positional channels).
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", pad_to: int = 32,
-                 tile_size: int | None = 2048, tile_overlap: int = 512, channels_last: bool = False):
+                 tile_size: int | None = 2048, tile_overlap: int = 512, channels_last: bool = False,
+                 tta: bool = False):
         if tile_size is not None and (tile_size < pad_to or tile_size % pad_to):
             raise ValueError(f"Predictor: tile_size = {tile_size} must be a positive multiple of pad_to = {pad_to}")
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
@@ -58,12 +65,23 @@ class Predictor:
         self.model = model.eval().to(device, memory_format=self.memory_format)
         self.device = torch.device(device)
         self.pad_to, self.tile_size, self.tile_overlap = pad_to, tile_size, tile_overlap
+        self.tta = tta
+
+    def _network(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One pass of the network on x [1, 3, H, W], in float32, with class probabilities."""
+        out = self.model(x.contiguous(memory_format=self.memory_format))
+        return {"embedding": out["embedding"].float(), "seediness": out["seediness"].float(),
+                "semantic": out["semantic"].float().softmax(1)}
 
     def _run(self, x: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
         """The outputs for `x`, a tile whose top-left pixel is pixel `offset` (y, x) of the image."""
-        out = self.model.tile_to_image(self.model(x.contiguous(memory_format=self.memory_format)), offset)
-        return {"embedding": out["embedding"][0].float().contiguous(), "seediness": out["seediness"][0, 0].float(),
-                "semantic": out["semantic"][0].float().softmax(0).contiguous()}
+        if self.tta:
+            out = average_over_transforms(self._network, x, getattr(self.model, "coord_scale", 0.0))
+        else:
+            out = self._network(x)
+        out = self.model.tile_to_image(out, offset)
+        return {"embedding": out["embedding"][0].contiguous(), "seediness": out["seediness"][0, 0],
+                "semantic": out["semantic"][0].contiguous()}
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -59,8 +59,9 @@ def build_network(config: Config, num_classes: int) -> torch.nn.Module:
 
 
 def build_predictor(config: Config, model: torch.nn.Module) -> Predictor:
-    """The whole-image predictor on the config's device and memory format."""
-    return Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last)
+    """The whole-image predictor on the config's device and memory format, with eval.tta."""
+    return Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last,
+                     tta=config.eval.tta)
 
 
 def build_groupers(config: Config, names: list[str] | None = None) -> dict:
