@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/losses.py [--instances 5 20 50] [--repeats 5] [--json PATH]
 
 For a batch of B=4 images of 256x256 pixels with D=64 embeddings and K instances each, it times
-forward + backward of `discriminative` and `metric` (embedseg.losses) and of straightforward
-loop versions of the same formulas (tests/loss_references.py: loops over images, instances and instance
+forward + backward of `discriminative`, `metric` and `spatial` (embedseg.losses; spatial on the
+first 3 channels: 2 positions (plus the pixels' own at 1/16 unit per pixel) and a margin, with a fixed
+random seed map) and of straightforward loop
+versions of the same formulas (tests/loss_references.py: loops over images, instances and instance
 pairs), and prints a Markdown table:
 
 - time: best (minimum) wall-clock seconds of forward + backward over --repeats runs after one warm-up,
@@ -26,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from embedseg.losses import DiscriminativeLoss, MetricLoss
+from embedseg.losses import DiscriminativeLoss, MetricLoss, SpatialEmbeddingLoss
 
 # ----------------------------------------------------------------------------- loop versions (the baseline timed)
 # The loop formulas are the test suite's known answers (tests/loss_references.py); the benchmark adds
 # the loop version of the pixel sampling that the metric loss needs.
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from loss_references import discriminative_loss_loop, metric_loss_loop
+from loss_references import discriminative_loss_loop, metric_loss_loop, spatial_loss_loop
 
 
 def sample_groups_loop(instances, per_group=32, max_pixels=1024, include_background=True):
@@ -62,6 +64,21 @@ def sample_groups_loop(instances, per_group=32, max_pixels=1024, include_backgro
 def metric_loss_sampled_loop(embedding, instances):
     """The metric loss's loop version on pixels drawn by `sample_groups_loop` (MetricLoss's defaults)."""
     return metric_loss_loop(embedding, sample_groups_loop(instances))
+
+
+def spatial(loss, coord_scale: float = 1 / 16):
+    """A loss of (embedding, seediness, instances) as one of (embedding, instances): the embedding's first
+    three channels, the first two plus coord_scale * (y, x) as the model adds them, and a seed map drawn
+    once per shape."""
+    seed_maps = {}
+
+    def fn(embedding, instances):
+        b, _, h, w = embedding.shape
+        seed_map = seed_maps.setdefault((b, h, w), torch.rand(b, 1, h, w, generator=torch.Generator().manual_seed(0)))
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        positions = embedding[:, :2] + coord_scale * torch.stack([yy, xx]).to(embedding.dtype)
+        return loss(torch.cat([positions, embedding[:, 2:3]], 1), seed_map, instances)
+    return fn
 
 
 # ----------------------------------------------------------------------------- inputs and measuring
@@ -144,7 +161,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     losses = {"discriminative": {"vectorised": DiscriminativeLoss(), "loop": discriminative_loss_loop},
-              "metric": {"vectorised": MetricLoss(), "loop": metric_loss_sampled_loop}}
+              "metric": {"vectorised": MetricLoss(), "loop": metric_loss_sampled_loop},
+              "spatial": {"vectorised": spatial(SpatialEmbeddingLoss()), "loop": spatial(spatial_loss_loop)}}
     inputs = {k: (make_instances(args.batch, args.size, k),
                   (0.5 * torch.randn(args.batch, args.dim, args.size, args.size)).requires_grad_(True))
               for k in args.instances}

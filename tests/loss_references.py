@@ -86,3 +86,50 @@ def metric_loss_loop(embedding, samples: list[dict]):
             sums["loss"].append((num["same"] + num["diff"]) / (den["same"] + den["diff"]))
     zero = embedding.sum() * 0.0
     return {k: sum(v) / len(v) if v else zero for k, v in sums.items()}
+
+
+def lovasz_hinge_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s Lovasz hinge of one mask, written out for one image and one object."""
+    errors = 1 - logits * (2 * labels - 1)
+    errors, order = torch.sort(errors, descending=True)
+    sorted_labels = labels[order]
+    objects = sorted_labels.sum()
+    jaccard = 1 - (objects - sorted_labels.cumsum(0)) / (objects + (1 - sorted_labels).cumsum(0))
+    jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return torch.dot(torch.relu(errors), jaccard)
+
+
+def spatial_loss_loop(embedding, seediness, instances, center="mean", coord_scale=None, foreground_weight=10.0):
+    """SpatialEmbeddingLoss's terms (its defaults) by loops over images and instances, the Lovasz hinge over
+    every pixel of the image."""
+    b, w = embedding.shape[0], embedding.shape[3]
+    instance_terms, smooth_terms, seed_terms = [], [], []
+    for image in range(b):
+        e, margin = embedding[image, :2].reshape(2, -1), embedding[image, 2:].reshape(embedding.shape[1] - 2, -1)
+        ids, seed = instances[image].reshape(-1), seediness[image, 0].reshape(-1)
+        labelled = ids >= 0
+        target = torch.zeros_like(seed)
+        hinges, smooths = [], []
+        for k in sorted(set(ids[ids > 0].tolist())):
+            mask = ids == k
+            if center == "mean":
+                centre = e[:, mask].mean(1)
+            else:  # the pixel with the least sum of L1 distances to the others (first in raster order on ties)
+                index = torch.nonzero(mask).squeeze(1)
+                y, x = index // w, index % w
+                cost = (y[:, None] - y[None]).abs().sum(1) + (x[:, None] - x[None]).abs().sum(1)
+                best = index[torch.argmin(cost)]
+                centre = coord_scale * torch.tensor([float(best // w), float(best % w)], dtype=e.dtype)
+            sigma = margin[:, mask].mean(1)
+            smooths.append((margin[:, mask] - sigma[:, None].detach()).pow(2).mean())
+            kernel = torch.exp(-(sigma.exp()[:, None] * (e - centre[:, None]).pow(2)).sum(0))
+            hinges.append(lovasz_hinge_reference((2 * kernel - 1)[labelled], mask[labelled].to(e.dtype)))
+            target[mask] = kernel[mask].detach()
+        if hinges:
+            instance_terms.append(torch.stack(hinges).mean())
+            smooth_terms.append(torch.stack(smooths).mean())
+        weight = torch.where(ids > 0, foreground_weight, 1.0) * labelled
+        seed_terms.append((weight * (seed - target).pow(2)).sum() / labelled.sum())
+    instance, smooth = torch.stack(instance_terms).mean(), torch.stack(smooth_terms).mean()
+    seed = torch.stack(seed_terms).mean()
+    return {"loss": instance + 10.0 * smooth + seed, "instance": instance, "smooth": smooth, "seed": seed}

@@ -2,9 +2,12 @@
 gradients, medoids, and the grouper on planted touching instances of different sizes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from loss_references import spatial_loss_loop
 
 from embedseg.config import ConfigError, load_config
 from embedseg.evaluation import evaluate_coco
@@ -14,51 +17,7 @@ from embedseg.losses.base import ImageClusters
 from embedseg.losses.spatial import l1_medoids
 from embedseg.structures import Instances
 
-EXPERIMENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
-
-
-def lovasz_hinge_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Berman et al.'s Lovasz hinge of one mask, written out for one image and one object."""
-    errors = 1 - logits * (2 * labels - 1)
-    errors, order = torch.sort(errors, descending=True)
-    sorted_labels = labels[order]
-    objects = sorted_labels.sum()
-    jaccard = 1 - (objects - sorted_labels.cumsum(0)) / (objects + (1 - sorted_labels).cumsum(0))
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return torch.dot(torch.relu(errors), jaccard)
-
-
-def reference_loss(embedding, seediness, instances, center, coord_scale, foreground_weight=10.0):
-    """The spatial loss terms by a loop over images and instances, over every pixel of the image."""
-    b, w = embedding.shape[0], embedding.shape[3]
-    instance_terms, smooth_terms, seed_terms = [], [], []
-    for image in range(b):
-        e, margin = embedding[image, :2].reshape(2, -1), embedding[image, 2:].reshape(embedding.shape[1] - 2, -1)
-        ids, seed = instances[image].reshape(-1), seediness[image, 0].reshape(-1)
-        labelled = ids >= 0
-        target = torch.zeros_like(seed)
-        hinges, smooths = [], []
-        for k in sorted(set(ids[ids > 0].tolist())):
-            mask = ids == k
-            if center == "mean":
-                centre = e[:, mask].mean(1)
-            else:  # the pixel with the least sum of L1 distances to the others (first in raster order on ties)
-                index = torch.nonzero(mask).squeeze(1)
-                y, x = index // w, index % w
-                cost = (y[:, None] - y[None]).abs().sum(1) + (x[:, None] - x[None]).abs().sum(1)
-                best = index[torch.argmin(cost)]
-                centre = coord_scale * torch.tensor([float(best // w), float(best % w)], dtype=e.dtype)
-            sigma = margin[:, mask].mean(1)
-            smooths.append((margin[:, mask] - sigma[:, None].detach()).pow(2).mean())
-            kernel = torch.exp(-(sigma.exp()[:, None] * (e - centre[:, None]).pow(2)).sum(0))
-            hinges.append(lovasz_hinge_reference((2 * kernel - 1)[labelled], mask[labelled].to(e.dtype)))
-            target[mask] = kernel[mask].detach()
-        if hinges:
-            instance_terms.append(torch.stack(hinges).mean())
-            smooth_terms.append(torch.stack(smooths).mean())
-        weight = torch.where(ids > 0, foreground_weight, 1.0) * labelled
-        seed_terms.append((weight * (seed - target).pow(2)).sum() / labelled.sum())
-    return torch.stack(instance_terms).mean(), torch.stack(smooth_terms).mean(), torch.stack(seed_terms).mean()
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def random_batch(n_sigma: int, seed: int = 0):
@@ -79,7 +38,8 @@ def test_loss_equals_the_per_instance_reference_over_whole_images(n_sigma, cente
     embedding, seediness, instances = random_batch(n_sigma)
     loss = build_loss("spatial", n_sigma=n_sigma, center=center, coord_scale=0.1, kernel_floor=0.0)
     out = loss(embedding, seediness, instances)
-    instance, smooth, seed = reference_loss(embedding, seediness, instances, center, 0.1)
+    reference = spatial_loss_loop(embedding, seediness, instances, center, 0.1)
+    instance, smooth, seed = reference["instance"], reference["smooth"], reference["seed"]
     assert out["instance"].item() == pytest.approx(instance.item(), rel=1e-9)
     assert out["smooth"].item() == pytest.approx(smooth.item(), rel=1e-9)
     assert out["seed"].item() == pytest.approx(seed.item(), rel=1e-9)
