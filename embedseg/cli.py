@@ -25,6 +25,7 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     """Evaluate groupers on one split; print the table; record the scores in metrics.json (under
     "<split>[:N]" when only the first N images were scored); draw the overlays (over an existing
     figure only with `overwrite_overlays`)."""
+    from embedseg.config import spatial_embedding
     from embedseg.engine.evaluator import compare_groupers
     from embedseg.engine.metrics_file import record_scores
     from embedseg.evaluation.tables import format_table, metric_columns
@@ -39,6 +40,9 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
         notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
     else:
         plot_grouping_comparison(run.images, run.ground_truth, run.predictions, figure)
+    figures = [figure]
+    if spatial_embedding(config):
+        figures.append(draw_spatial_outputs(run_dir, config, model, split, len(run.images), overwrite_overlays, notes))
     keys = metric_columns(results, TABLE_KEYS)  # the columns of the metrics the config asked for
     coco = (f"COCO mask AP with maxDets {ev.max_dets}, class-aware unless marked agnostic; "
             if "coco" in ev.metrics else "")
@@ -50,10 +54,25 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     print(f"\nnetwork {np.median(run.network_ms):.1f} ms/image (median); "
           + "; ".join(f"{n}: {t['group ms (median)']:.1f} ms, {t['inst/img']:.1f} instances/image"
                       for n, t in timing.items()))
-    print(f"metrics: {run_dir / 'metrics.json'} (entry {key!r})\nfigure:  {figure}")
+    print(f"metrics: {run_dir / 'metrics.json'} (entry {key!r})\nfigures: {', '.join(map(str, figures))}")
     for note in notes:
         print(f"note: {note}")
     return results
+
+
+def draw_spatial_outputs(run_dir: Path, config, model, split: str, num_images: int, overwrite: bool,
+                         notes: list[str]) -> Path:
+    """spatial_<split>.png: seed map and margins of a spatial embedding on the split's first images."""
+    from embedseg.engine.run import build_predictor, dataset_for_split
+    from embedseg.viz import plot_spatial_outputs
+
+    figure = run_dir / f"spatial_{split}.png"
+    if figure.exists() and not overwrite:
+        notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
+        return figure
+    predictor, dataset = build_predictor(config, model), dataset_for_split(config, split)
+    images = [dataset[i]["image"] for i in range(min(num_images, len(dataset)))]
+    return plot_spatial_outputs(images, [predictor(image) for image in images], config.model["coord_scale"], figure)
 
 
 # ----------------------------------------------------------------------------- commands

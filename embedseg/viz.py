@@ -94,3 +94,34 @@ def plot_ap_vs_time(results: dict[str, dict], path: str | Path, title: str | Non
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_spatial_outputs(images: list[np.ndarray], outputs: list[dict], coord_scale: float,
+                         path: str | Path) -> Path:
+    """What a spatial embedding predicts (embedseg.losses.spatial), one row per image: the image with the
+    centre each foreground pixel points at (dots), the seed map, and the learned margin as the radius in
+    pixels at which a seed's kernel falls to 0.5 (sqrt(log 2 / exp(sigma)) units; the mean over the
+    axes of an anisotropic margin), on the foreground."""
+    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
+    for row, (image, out) in enumerate(zip(images, outputs)):
+        foreground = out["semantic"][1:].max(0) > out["semantic"][0]
+        centres = out["embedding"][:2, foreground] / coord_scale  # (y, x) in pixels
+        radius = np.sqrt(np.log(2) / np.exp(out["embedding"][2:])).mean(0) / coord_scale
+        axes[row, 0].imshow(image)
+        axes[row, 0].scatter(centres[1], centres[0], s=0.2, c="yellow", alpha=0.3, linewidths=0)
+        axes[row, 0].set_xlim(0, image.shape[1] - 1)
+        axes[row, 0].set_ylim(image.shape[0] - 1, 0)
+        axes[row, 0].set_title("image, centres pointed at", fontsize=9)
+        seeds = axes[row, 1].imshow(out["seediness"], vmin=0, vmax=1, cmap="magma")
+        axes[row, 1].set_title("seed map", fontsize=9)
+        fig.colorbar(seeds, ax=axes[row, 1], fraction=0.046)
+        margins = axes[row, 2].imshow(np.where(foreground, radius, np.nan), cmap="viridis")
+        axes[row, 2].set_title("margin (kernel 0.5 at, px)", fontsize=9)
+        fig.colorbar(margins, ax=axes[row, 2], fraction=0.046)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from loss_references import spatial_loss_loop
 
+from embedseg.cli import main
 from embedseg.config import ConfigError, load_config
 from embedseg.evaluation import evaluate_coco
 from embedseg.grouping import build_grouper
@@ -155,3 +156,17 @@ def test_spatial_configs_that_do_not_fit_the_model_are_refused(overrides, match)
 def test_a_loss_term_set_to_null_is_dropped():
     config = load_config(EXPERIMENTS / "neven2019" / "synthetic_cpu.yaml")
     assert set(config.loss) == {"embedding", "semantic"}
+
+
+def test_a_spatial_run_trains_evaluates_with_every_spatial_grouper_and_draws_its_seed_map(tiny_config_file, tmp_path,
+                                                                                          capsys):
+    spatial = ["model.embedding_dim=3", "model.coord_scale=0.1", "loss.seediness=null",
+               "loss.embedding={name: spatial, center: medoid, coord_scale: 0.1}", "grouping={spatial: {}}"]
+    run_dir = tmp_path / "run"
+    args = [item for override in spatial for item in ("--set", override)]
+    assert main(["train", str(tiny_config_file), "--out", str(run_dir), *args]) == 0
+    assert "| spatial |" in capsys.readouterr().out
+    assert (run_dir / "spatial_val.png").is_file() and (run_dir / "overlays_val.png").is_file()
+    assert main(["compare-grouping", str(run_dir)]) == 0  # every grouper that reads a spatial embedding
+    table = capsys.readouterr().out
+    assert "| spatial |" in table and "| components |" in table and "| meanshift |" not in table
