@@ -142,11 +142,10 @@ def classify(masks: torch.Tensor, outputs: dict) -> tuple[torch.Tensor, torch.Te
     if "semantic" not in outputs or k == 0:
         return torch.ones(k, dtype=torch.long), torch.ones(k)
     probs = as_tensor(outputs["semantic"])[1:].flatten(1).T  # [H*W, C], background dropped
-    mean_probs = []
-    for chunk in masks.flatten(1).split(64):  # 64 float masks at a time bound the memory on big images
-        m = chunk.float()
-        mean_probs.append((m @ probs) / m.sum(1, keepdim=True).clamp_min(1))  # [k, C]
-    confidence, cls = torch.cat(mean_probs).max(1)
+    owner, pixel = torch.nonzero(masks.flatten(1), as_tuple=True)  # work in the mask pixels, not K x H x W
+    sums = probs.new_zeros(k, probs.shape[1], dtype=torch.float64).index_add_(0, owner, probs[pixel].double())
+    mean_probs = sums / torch.bincount(owner, minlength=k).clamp_min(1).unsqueeze(1)
+    confidence, cls = mean_probs.float().max(1)
     return cls + 1, confidence
 
 
