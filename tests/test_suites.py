@@ -1,6 +1,8 @@
 """Paper-table suites: every shipped suite resolves; tables render from fabricated results (column
 order, reference rows, mean ± std, missing runs); `reproduce` skips finished rows and continues an
-interrupted one; `reproduce --budget smoke` runs every shipped suite end to end (real data)."""
+interrupted one, trains a recipe once across suites and scores an external row's label images (perfect
+ones: AP 1.0; none: the row is missing; a wrong size: an error naming the file); `reproduce --budget
+smoke` runs every shipped suite end to end (real data)."""
 from __future__ import annotations
 
 import json
@@ -11,18 +13,21 @@ import numpy as np
 import pytest
 import yaml
 from conftest import TINY_CONFIG
+from PIL import Image
 
 from embedseg.cli import main
-from embedseg.config import load_config
+from embedseg.config import ConfigError, load_config
 from embedseg.engine import trainer
 from embedseg.engine.checkpoint import load_checkpoint
+from embedseg.engine.run import dataset_for_split
 from embedseg.engine.tuning import metric_family
 from embedseg.grouping import GROUPERS
 from embedseg.suites import load_suite, suite_names
 from embedseg.suites import reproduce as reproduce_module
 from embedseg.suites.render import collect, format_table
 from embedseg.suites.reproduce import result_file, row_dir, row_overrides
-from embedseg.suites.spec import BUDGETS
+from embedseg.suites.spec import BUDGETS, EXPERIMENTS
+from embedseg.suites.training import recipe_key, training_recipe, training_seconds
 
 
 @pytest.mark.parametrize("name", suite_names())
@@ -31,11 +36,11 @@ def test_every_shipped_suite_resolves(name):
     assert (suite.folder / "README.md").is_file() and suite.rows
     metric_family(suite.tune_metric)
     for row in suite.rows:
-        assert row.grouper in GROUPERS.names()
+        assert row.external or row.grouper in GROUPERS.names()
         for budget in BUDGETS:
             if row.config_for(budget) is not None:
                 config = load_config(row.config_for(budget), [*row_overrides(suite, row, budget, 0), *suite.evaluate])
-                assert config.data.tune, f"{row.name}: tuning needs a tune split"
+                assert row.external or config.data.tune, f"{row.name}: tuning needs a tune split"
 
 
 SUITE = """
@@ -132,15 +137,167 @@ def test_reproduce_skips_finished_rows_and_continues_an_interrupted_one(tmp_path
     assert "| meanshift | ours (cpu) |" in table and "missing" not in table
 
 
+def test_training_recipe_holds_what_changes_the_weights(tiny_config_file):
+    def key(*overrides):
+        return recipe_key(training_recipe(load_config(tiny_config_file, list(overrides))))
+
+    assert key("name=other", "train.log_every=7", "train.checkpoint_every=3", "eval.max_dets=5",
+               "grouping.meanshift.bandwidth=2.0") == key()
+    assert len({key(), key("seed=1"), key("model.embedding_dim=4"), key("train.steps=3"), key("data.val_split=tune")}) == 5
+    # evaluating while training picks best.pt with the first grouper on eval's images: they count then
+    assert key("train.eval_every=1", "grouping.meanshift.bandwidth=2.0") != key("train.eval_every=1")
+    assert key("train.eval_every=1", "eval.max_images=1") != key("train.eval_every=1")
+
+
+def test_training_seconds_add_the_parts_of_a_resumed_training(tmp_path):
+    records = [{"step": 20, "elapsed_s": 10.0}, {"step": 40, "elapsed_s": 21.0}, {"step": 40, "val_AP": 0.5},
+               {"step": 60, "elapsed_s": 9.0}, {"step": 80, "elapsed_s": 19.5}]  # resumed after step 40
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert training_seconds(tmp_path / "log.jsonl") == 21.0 + 19.5
+    assert training_seconds(tmp_path / "missing.jsonl") is None
+
+
+# the shipped suites' smoke budget, on fewer images
+SMOKE = {"set": ["train.steps=2", "data.tune={fraction: 0.001, seed: 0}", "eval.max_images=1"], "trials": 2}
+
+
+def quickstart_suite(folder, rows, metric: str):
+    """A suite of `rows` (name, grouper, set) on experiments/quickstart.yaml with a smoke budget, tuned for
+    `metric`."""
+    folder.mkdir()
+    (folder / "suite.yaml").write_text(yaml.safe_dump({
+        "title": folder.name, "columns": ["AP"], "evaluate": ["eval.metrics=[coco]"], "tune": {"metric": metric},
+        "rows": [{"name": name, "config": {"cpu": str(EXPERIMENTS / "quickstart.yaml")}, "grouper": grouper,
+                  "set": overrides} for name, grouper, overrides in rows], "budgets": {"smoke": SMOKE}}))
+    return load_suite(folder)
+
+
+def test_reproduce_trains_a_recipe_once_across_suites(tmp_path, monkeypatch, caplog):
+    first = quickstart_suite(tmp_path / "first", [("components", "components", [])], "AP")
+    second = quickstart_suite(tmp_path / "second", [("components", "components", []),
+                                                    ("dim 8", "components", ["model.embedding_dim=8"])], "AP50")
+    runs, trained = tmp_path / "runs", []
+    real_train = reproduce_module.train
+    caplog.set_level("INFO", logger="embedseg")
+
+    def counting_train(config, run_dir, resume=False, overwrite=False):
+        trained.append(run_dir)
+        return real_train(config, run_dir, resume=resume, overwrite=overwrite)
+
+    monkeypatch.setattr(reproduce_module, "train", counting_train)
+    args = ["--budget", "smoke", "--seeds", "1", "--runs", str(runs)]
+    assert main(["reproduce", str(first.folder), *args]) == 0
+    source = row_dir(runs, first, "smoke", first.rows[0], 0)
+    assert trained == [source]
+    (source / "training.json").unlink()  # as a run trained before training.json: found from its last.pt
+    assert main(["reproduce", str(second.folder), *args]) == 0
+    reused, dim8 = (row_dir(runs, second, "smoke", row, 0) for row in second.rows)
+    assert trained == [source, dim8]  # the components row trained nothing
+    assert (reused / "checkpoints" / "last.pt").samefile(source / "checkpoints" / "last.pt")
+    assert (reused / "log.jsonl").read_bytes() == (source / "log.jsonl").read_bytes()
+    assert json.loads((reused / "tune.json").read_text())["components"]["metric"] == "AP50"  # its own tuning
+    assert yaml.safe_load((reused / "config.yaml").read_text())["name"] == "second_components_s0"
+    record = json.loads((reused / "training.json").read_text())
+    assert record["trained_in"] == "first/smoke/components/seed0" and record["seconds"] > 0
+    assert json.loads((source / "training.json").read_text())["key"] == record["key"]
+    assert json.loads((dim8 / "training.json").read_text())["key"] != record["key"]
+    assert json.loads(result_file(reused, second.rows[0]).read_text())["network"]["trained_in"] == record["trained_in"]
+    assert any("first/smoke/components/seed0" in r.getMessage() and "reused" in r.getMessage() for r in caplog.records)
+
+
+def external_suite(tmp_path, sizes=((40, 48), (32, 32))):
+    """A one-class folder data set whose val images have planted nuclei, and a suite whose only row
+    scores external label images of it."""
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        masks = np.zeros((h, w), np.uint16)
+        masks[2:12, 3:15], masks[20:30, 5:25], masks[h - 6:h - 1, w - 6:w - 1] = 1, 2, 7
+        for sub, array in (("images", rng.integers(0, 255, (h, w, 3), dtype=np.uint8)), ("masks", masks)):
+            (tmp_path / "data" / "val" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(tmp_path / "data" / "val" / sub / f"img{i}.png")
+    (tmp_path / "peer.yaml").write_text(yaml.safe_dump({"data": {"dataset": {"name": "folder",
+                                                                             "root": str(tmp_path / "data")}}}))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({
+        "title": "peer", "columns": ["AP", "match_AP50", "match_AP90"],
+        "evaluate": ["eval.metrics=[matching_ap]", "eval.iou_thresholds=[0.5, 0.9]"],
+        "rows": [{"name": "Peer 1.0", "run": "peer", "config": {"cpu": "peer.yaml"}, "external": True}]}))
+    suite = load_suite(tmp_path)
+    return suite, row_dir(tmp_path / "runs", suite, "cpu", suite.rows[0], 0) / "labels"
+
+
+def test_external_row_scores_label_images(tmp_path, capsys, caplog):
+    suite, labels = external_suite(tmp_path)
+    args = ["reproduce", str(tmp_path), "--budget", "cpu", "--seeds", "3", "--runs", str(tmp_path / "runs")]
+    assert main(args) == 0  # no label images yet: the row is missing, nothing fails
+    assert "| Peer 1.0 | external (cpu) | missing | missing | missing | 0 |" in capsys.readouterr().out
+    assert any(str(labels) in r.getMessage() and "README.md" in r.getMessage() for r in caplog.records)
+
+    labels.mkdir(parents=True)
+    Image.open(tmp_path / "data" / "val" / "masks" / "img0.png").save(labels / "img0.tif")  # 16-bit TIFF
+    perfect = np.array(Image.open(tmp_path / "data" / "val" / "masks" / "img1.png"))
+    Image.fromarray((perfect * 3).astype(np.uint16)).save(labels / "img1.png")  # other ids: the same instances
+    (labels / "timing.json").write_text(json.dumps({"seconds": {"train": 12.5}, "group_ms_median": 22.0}))
+    assert main(args) == 0
+    assert "| Peer 1.0 | external (cpu) | 100.0 | 100.0 | 100.0 | 1 |" in capsys.readouterr().out
+    result = json.loads(result_file(labels.parent, suite.rows[0]).read_text())
+    assert result["external"] and result["images"] == 2 and result["seconds"]["train"] == 12.5
+    assert result["scores"]["group_ms_median"] == 22.0 and result["scores"]["instances_per_image"] == 3.0
+    assert not (labels.parents[1] / "seed1").exists()  # one external run: one seed
+
+    result_file(labels.parent, suite.rows[0]).unlink()
+    half = perfect.copy()
+    half[half == 2] = 0  # one of the three nuclei of img1 not found: 2 TP, 1 FN there
+    Image.fromarray(half).save(labels / "img1.png")
+    assert main(args) == 0
+    scores = json.loads(result_file(labels.parent, suite.rows[0]).read_text())["scores"]
+    assert scores["match_AP50"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_external_row_refuses_a_label_image_of_another_size_or_none(tmp_path, capsys):
+    suite, labels = external_suite(tmp_path)
+    labels.mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 48), np.uint16)).save(labels / "img0.png")
+    args = ["reproduce", str(tmp_path), "--budget", "cpu", "--runs", str(tmp_path / "runs")]
+    assert main(args) == 2
+    assert f"{labels} has no label image img1.png or img1.tif" in capsys.readouterr().err
+    Image.fromarray(np.zeros((32, 31), np.uint16)).save(labels / "img1.png")
+    assert main(args) == 2
+    assert f"{labels / 'img1.png'} is 31x32 (WxH) but image 'img1' of the val split is 32x32" in capsys.readouterr().err
+    assert not result_file(labels.parent, suite.rows[0]).exists()
+
+
+def test_a_row_needs_a_grouper_or_external_not_both(tmp_path):
+    row = {"name": "x", "config": {"cpu": "a.yaml"}, "grouper": "meanshift", "external": True}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"rows": [row]}))
+    with pytest.raises(ConfigError, match="row 'x' needs either a grouper"):
+        load_suite(tmp_path)
+
+
+def fabricate_perfect_labels(suite, row, budget: str, runs) -> None:
+    """Ground truth of the images an external row scores, as its label images."""
+    config = load_config(row.config_for(budget), [*row.overrides, *suite.budget_overrides(budget), *suite.evaluate])
+    dataset = dataset_for_split(config, config.eval.split)
+    labels = row_dir(runs, suite, budget, row, 0) / "labels"
+    labels.mkdir(parents=True)
+    for i in range(config.eval.max_images or len(dataset)):
+        sample = dataset[i]
+        Image.fromarray(sample["instances"].astype(np.uint16)).save(labels / f"{sample['name']}.png")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", suite_names())
 def test_reproduce_smoke_runs_every_shipped_suite_end_to_end(name, shared_data, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("EMBEDSEG_DATA", str(shared_data))
     runs = tmp_path / "runs"
-    assert main(["reproduce", name, "--budget", "smoke", "--seeds", "1", "--runs", str(runs)]) == 0
     suite = load_suite(name)
+    for row in suite.rows:
+        if row.external:
+            fabricate_perfect_labels(suite, row, "smoke", runs)
+    assert main(["reproduce", name, "--budget", "smoke", "--seeds", "1", "--runs", str(runs)]) == 0
     for row in suite.rows:
         result = json.loads(result_file(row_dir(runs, suite, "smoke", row, 0), row).read_text())
         assert set(suite.columns) <= set(result["scores"]) and result["split"] == "val"
+        if row.external:
+            assert all(result["scores"][column] == 1.0 for column in suite.columns)
     assert main(["table", name, "--budget", "smoke", "--runs", str(runs)]) == 0
     assert "missing" not in capsys.readouterr().out

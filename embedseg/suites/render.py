@@ -1,8 +1,9 @@
 """`embedseg table`: a suite's table (markdown, CSV or LaTeX) and figure from its finished runs alone.
 
 Reference rows (copied from the paper) come first, then ours: the mean +- std over the seeds that
-finished (the std only with more than one), the number of seeds in its own column. A row with no
-finished seed reads "missing", never a number.
+finished (the std only with more than one), the number of seeds in its own column. An external row
+(another program's label images, scored here: one run, no std) has the source "external". A row with
+no finished seed reads "missing", never a number.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ MISSING = "missing"
 @dataclass
 class RowResult:
     name: str
-    source: str  # "paper" or "ours (<budget>)"
+    source: str  # "paper", "ours (<budget>)" or "external (<budget>)"
     means: list  # per column: float, or None when not reported / missing
     stds: list  # per column: float or None
     seeds: int | None  # finished seeds (None for a reference row)
@@ -48,7 +49,8 @@ def collect(suite: Suite, budget: str, runs: Path) -> list[RowResult]:
             values = np.array([r["scores"].get(column, np.nan) for r in results], dtype=float)
             means.append(float(np.mean(values)) if len(values) else None)
             stds.append(float(np.std(values, ddof=1)) if len(values) > 1 else None)
-        rows.append(RowResult(row.name, f"ours ({budget})", means, stds, len(results), results))
+        source = "external" if row.external else "ours"
+        rows.append(RowResult(row.name, f"{source} ({budget})", means, stds, len(results), results))
     return rows
 
 
@@ -122,7 +124,8 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
         for r in shown:
             y = [scale * r.means[i] if r.means[i] is not None else np.nan for i in thresholds]
             err = [scale * r.stds[i] if r.stds[i] is not None else 0 for i in thresholds]
-            style = {"linestyle": "--", "marker": ".", "alpha": 0.7} if r.source == "paper" else {"marker": "o", "lw": 2}
+            style = {"linestyle": "--", "marker": ".", "alpha": 0.7} if r.source == "paper" else \
+                {"marker": "s" if r.source.startswith("external") else "o", "lw": 2}
             ax.errorbar(x, y, yerr=err, label=f"{r.name} ({r.source})", capsize=3, **style)
         ax.set_xlabel("IoU threshold")
     else:
@@ -172,7 +175,8 @@ def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path
                 (f"Every table below is written by `embedseg table --all --budget {budget}` from the finished runs "
                 "of `embedseg reproduce` (nothing here is typed by hand). Reference rows are the papers' numbers "
                 "on their splits and hardware; ours are means ± std over the seeds that finished, on our splits, "
-                "with grouping parameters chosen on the tune split (carved from train) and scores on val; "
+                "with grouping parameters chosen on the tune split (carved from train) and scores on val; external "
+                "rows are another program's predictions made on the same machine and scored here (one run); "
                 "`missing` marks a row not run yet."), ""]
     if not full:
         sections += [("No suite has been run at the `full` budget (the papers' recipes, meant for a GPU): no GPU "

@@ -2,10 +2,14 @@
 
 Each (row, seed) runs in `<runs>/<suite>/<budget>/<run>/seed<k>` (rows that name the same run share
 its network) through three steps, each skipped when its output is there: training (resumed from
-checkpoints/last.pt when it stopped part-way), `embedseg tune` of the row's grouper on the config's
-tune split (into tuned.yaml), and the evaluation of that grouper on val with the tuned parameters,
-which writes row_<row>.json. A row with its row_<row>.json is finished and never retrained, so a
-second call continues where the first stopped.
+checkpoints/last.pt when it stopped part-way; not done at all when a finished run of any suite under
+`<runs>` at this budget trained the same recipe, whose network is then linked in: embedseg.suites.training),
+`embedseg tune` of the row's grouper on the config's tune split (into tuned.yaml), and the evaluation of
+that grouper on val with the tuned parameters, which writes row_<row>.json. A row with its row_<row>.json
+is finished and never retrained, so a second call continues where the first stopped.
+
+An external row (`external: true`) has one seed and no network: it scores the label images another
+program wrote into `<run dir>/labels/` (embedseg.suites.external) and is left missing until they are there.
 """
 from __future__ import annotations
 
@@ -21,16 +25,25 @@ import torch
 
 import embedseg
 from embedseg.config import load_config
-from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.engine.evaluator import compare_groupers
 from embedseg.engine.metrics_file import record_scores
 from embedseg.engine.run import load_run
 from embedseg.engine.trainer import train
 from embedseg.engine.tuning import tune_run, tuned_groupers
 from embedseg.outputs import write_json
+from embedseg.suites.external import LABELS_DIR, labels_present, read_timing, score_labels
 from embedseg.suites.spec import Row, Suite
+from embedseg.suites.training import (
+    find_training,
+    finished_training,
+    recipe_key,
+    record_training,
+    reuse_training,
+    training_recipe,
+)
 
 log = logging.getLogger(__name__)
+
 
 def row_dir(runs: Path, suite: Suite, budget: str, row: Row, seed: int) -> Path:
     return Path(runs) / suite.name / budget / row.run_name / f"seed{seed}"
@@ -54,27 +67,24 @@ def reproduce(suite: Suite, budget: str, seeds: int, runs: Path) -> list[Path]:
         if row.config_for(budget) is None:
             log.info("%s: %r has no config for the %s budget; skipped", suite.name, row.name, budget)
             continue
-        for seed in range(seeds):
+        for seed in range(1 if row.external else seeds):
             run_dir = row_dir(runs, suite, budget, row, seed)
             if result_file(run_dir, row).is_file():
                 log.info("%s: %r seed %d is finished (%s)", suite.name, row.name, seed, result_file(run_dir, row))
+            elif row.external:
+                score_external_row(suite, row, budget, run_dir)
             else:
-                run_row(suite, row, budget, seed, run_dir)
+                run_row(suite, row, budget, seed, runs)
             done.append(run_dir)
     return done
 
 
-def run_row(suite: Suite, row: Row, budget: str, seed: int, run_dir: Path) -> dict:
-    """Train (or resume), tune and evaluate one row at one seed; write and return its row_<row>.json."""
+def run_row(suite: Suite, row: Row, budget: str, seed: int, runs: Path) -> dict:
+    """Train (or resume, or reuse), tune and evaluate one row at one seed; write and return its row_<row>.json."""
     config = load_config(row.config_for(budget), row_overrides(suite, row, budget, seed))
-    seconds = {}
-    start = time.perf_counter()
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file() or load_checkpoint(last).get("step", 0) < config.train.steps:
-        log.info("%s: %r seed %d: training -> %s", suite.name, row.name, seed, run_dir)
-        overwrite = run_dir.is_dir() and not last.is_file()  # a start that failed before its first checkpoint
-        train(config, run_dir, resume=last.is_file(), overwrite=overwrite)
-        seconds["train"] = time.perf_counter() - start
+    run_dir = row_dir(runs, suite, budget, row, seed)
+    training = train_row(suite, row, budget, seed, runs, config)
+    seconds = {"train": training["seconds"]}
     start = time.perf_counter()
     evaluate = tune_row(suite, row, budget, run_dir)
     seconds["tune"] = time.perf_counter() - start
@@ -89,8 +99,49 @@ def run_row(suite: Suite, row: Row, budget: str, seed: int, run_dir: Path) -> di
               "split": split, "images": len(run.names), "split_images": run.split_images,
               "scores": results[row.grouper], "grouping": config.grouping[row.grouper],
               "tuned_by": {"metric": suite.tune_metric, "trials": suite.budget_trials(budget)}, "seconds": seconds,
+              "network": {"trained_in": training["trained_in"], "recipe_key": training["key"]},
               "config": str(row.config_for(budget)), "overrides": row_overrides(suite, row, budget, seed),
               "evaluate": evaluate, **provenance()}
+    write_json(result_file(run_dir, row), result, indent=2)
+    return result
+
+
+def train_row(suite: Suite, row: Row, budget: str, seed: int, runs: Path, config) -> dict:
+    """The training.json of the row's finished network: already there, linked from a run of the same
+    recipe, or trained (resumed from last.pt when a training stopped part-way)."""
+    run_dir = row_dir(runs, suite, budget, row, seed)
+    finished = finished_training(run_dir, runs, config)
+    if finished is not None:
+        return finished
+    last = run_dir / "checkpoints" / "last.pt"
+    source = None if last.is_file() else find_training(runs, budget, recipe_key(training_recipe(config)), run_dir)
+    if source is not None:
+        return reuse_training(source, run_dir, runs, config)
+    log.info("%s: %r seed %d: training -> %s", suite.name, row.name, seed, run_dir)
+    overwrite = run_dir.is_dir() and not last.is_file()  # a start that failed before its first checkpoint
+    train(config, run_dir, resume=last.is_file(), overwrite=overwrite)
+    return record_training(run_dir, runs, config, run_dir)
+
+
+def score_external_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> dict | None:
+    """Score the label images of an external row (in `<run_dir>/labels/`) and write its row_<row>.json;
+    None, after one log line saying where they go, while there are none."""
+    labels = run_dir / LABELS_DIR
+    if not labels_present(labels):
+        log.warning("%s: %r has no label images yet: put them (<image name>.png or .tif, 0 = background) in %s, "
+                    "as experiments/%s/README.md tells; the row stays missing until then", suite.name, row.name,
+                    labels, suite.name)
+        return None
+    overrides = [*row.overrides, *suite.budget_overrides(budget), *suite.evaluate, *row.evaluate]
+    config = load_config(row.config_for(budget), overrides)
+    log.info("%s: %r: scoring the label images in %s", suite.name, row.name, labels)
+    start = time.perf_counter()
+    scores, names, split_images = score_labels(config, labels)
+    seconds, ms = read_timing(labels)
+    result = {"suite": suite.name, "row": row.name, "budget": budget, "seed": 0, "external": True,
+              "labels": str(labels), "split": config.eval.split, "images": len(names), "split_images": split_images,
+              "scores": {**scores, **ms}, "seconds": {**seconds, "evaluate": time.perf_counter() - start},
+              "config": str(row.config_for(budget)), "overrides": overrides, **provenance()}
     write_json(result_file(run_dir, row), result, indent=2)
     return result
 

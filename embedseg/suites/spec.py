@@ -17,6 +17,9 @@
         set: [model.embedding_dim=8]  # optional: the row's own overrides
         run: dsb  # optional: rows that name the same run share its training (one network, several groupers)
         evaluate: [eval.oracle=[foreground]]  # optional: the row's own tune and evaluation overrides (ablations)
+      - name: EmbedSeg 0.2.5, same box  # another program's predictions, scored here (embedseg.suites.external)
+        config: {cpu: ../dsb2018/cpu.yaml}  # its eval split, metrics and thresholds; no training, no grouper
+        external: true  # label images in <runs>/<suite>/<budget>/<run>/seed0/labels/, one seed
     budgets:  # overrides per budget; smoke runs the cpu config with these
       smoke: {set: [train.steps=3], trials: 2}
 
@@ -46,10 +49,11 @@ class Reference:
 class Row:
     name: str
     configs: dict[str, Path]  # budget -> config file
-    grouper: str
+    grouper: str  # "" for an external row
     overrides: list[str] = field(default_factory=list)
     run: str = ""  # the run folder's name; rows with the same one share the trained network
     evaluate: list[str] = field(default_factory=list)  # the row's own tune/evaluation overrides
+    external: bool = False  # scores label images another program made, rather than a network of ours
 
     def config_for(self, budget: str) -> Path | None:
         return self.configs.get("cpu" if budget == "smoke" else budget)
@@ -88,6 +92,25 @@ class Suite:
         return int((self.budgets.get(budget) or {}).get("trials", self.trials))
 
 
+def suite_row(raw: dict, path: Path) -> Row:
+    """One entry of a suite.yaml's `rows`; a row of ours names a grouper, an external row none."""
+    where, name = str(path), raw.get("name")
+    unknown = set(raw) - {"name", "config", "grouper", "set", "run", "evaluate", "external"}
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: every row needs a name, e.g. {{name: discriminative loss, meanshift, ...}}")
+    if unknown:
+        raise ConfigError(f"{where}: row {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
+    if not isinstance(raw.get("config"), dict) or set(raw["config"]) - set(BUDGETS):
+        raise ConfigError(f"{where}: row {name!r} needs config: {{budget: file}} with budgets among "
+                          f"{', '.join(BUDGETS)}")
+    external = raw.get("external", False)
+    if not isinstance(external, bool) or external == ("grouper" in raw):
+        raise ConfigError(f"{where}: row {name!r} needs either a grouper (a network of ours) or external: true "
+                          "(label images another program made), not both")
+    return Row(name, {b: (path.parent / p).resolve() for b, p in raw["config"].items()}, raw.get("grouper", ""),
+               list(raw.get("set") or []), raw.get("run", ""), list(raw.get("evaluate") or []), external)
+
+
 def suite_names() -> list[str]:
     """Every suite shipped under experiments/ (a folder with a suite.yaml)."""
     return sorted(p.parent.name for p in EXPERIMENTS.glob("*/suite.yaml"))
@@ -113,17 +136,13 @@ def load_suite(name_or_path: str | Path) -> Suite:
     for ref in references:
         if len(ref.values) != len(columns):
             raise ConfigError(f"{where}: reference {ref.name!r} has {len(ref.values)} values for {len(columns)} columns")
-    rows = [Row(r["name"], {b: (path.parent / p).resolve() for b, p in r["config"].items()}, r["grouper"],
-                list(r.get("set") or []), r.get("run", ""), list(r.get("evaluate") or [])) for r in raw.get("rows") or []]
-    for row in rows:
-        if set(row.configs) - set(BUDGETS):
-            raise ConfigError(f"{where}: row {row.name!r} names a budget outside {', '.join(BUDGETS)}")
+    rows = [suite_row(r, path) for r in raw.get("rows") or []]
     if len({r.slug for r in rows}) != len(rows):
         raise ConfigError(f"{where}: two rows share a name")
     for row in rows:
         twins = [r for r in rows if r.run_name == row.run_name]
-        if any((r.configs, r.overrides) != (row.configs, row.overrides) for r in twins):
-            raise ConfigError(f"{where}: rows sharing run {row.run_name!r} must have the same config and set")
+        if any((r.configs, r.overrides, r.external) != (row.configs, row.overrides, row.external) for r in twins):
+            raise ConfigError(f"{where}: rows sharing run {row.run_name!r} must have the same config, set and external")
     tune = raw.get("tune") or {}
     figure = raw.get("figure", "bars")
     if figure not in FIGURES:
