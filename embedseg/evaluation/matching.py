@@ -58,7 +58,9 @@ from embedseg.structures import Instances
 
 MATCHING_METRICS = ("matching_ap", "sbd", "dic", "map_r")
 MAP_R_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # Fathi et al. 2017, Table 1
-COUNT_KEYS = ("DiC", "abs_DiC")  # keys of evaluate_matching that are counts, not fractions
+MISSED_KINDS = ("merged", "low_iou", "not_found")  # why a GT object was missed (missed_kinds)
+# keys of evaluate_matching that are counts, not fractions
+COUNT_KEYS = ("DiC", "abs_DiC", *(f"missed_{kind}" for kind in MISSED_KINDS))
 
 
 # ----------------------------------------------------------------------------- overlaps
@@ -202,6 +204,30 @@ def match_counts(overlap: ImageOverlap, thresholds: Sequence[float]) -> np.ndarr
     tp = max_pairs(overlap.iou, thresholds)
     n_gt, n_pred = overlap.intersection.shape
     return np.stack([tp, n_pred - tp, n_gt - tp], axis=1)
+
+
+def matched_ground_truth(iou: np.ndarray, threshold: float) -> np.ndarray:
+    """[G] bool: the GT objects of a largest one-to-one pairing with predictions at iou >= threshold."""
+    matched = np.zeros(iou.shape[0], bool)
+    candidate = iou >= threshold
+    rows, cols = np.nonzero(candidate.any(1))[0], np.nonzero(candidate.any(0))[0]
+    if len(rows):
+        sub = candidate[np.ix_(rows, cols)]
+        r, c = linear_sum_assignment(sub, maximize=True)
+        matched[rows[r[sub[r, c]]]] = True
+    return matched
+
+
+def missed_kinds(overlap: ImageOverlap, threshold: float) -> np.ndarray:
+    """[3] counts of one image's GT objects left unmatched at `threshold`, by why (each GT in one kind):
+    merged (a prediction holds at least half of it and at least half of another GT object), low IoU
+    (the best prediction reaches IoU 0.1), not found (none does)."""
+    missed = ~matched_ground_truth(overlap.iou, threshold)
+    holds = overlap.intersection * 2 >= overlap.gt_area[:, None]  # [G, P]: p holds at least half of g
+    merging = holds.sum(0) >= 2  # [P]: predictions that hold half of two or more GT objects
+    merged = missed & (holds & merging[None]).any(1)
+    low = missed & ~merged & (overlap.iou.max(1, initial=0.0) >= 0.1)
+    return np.array([merged.sum(), low.sum(), (missed & ~merged & ~low).sum()], np.int64)
 
 
 def image_matching_ap(overlap: ImageOverlap, thresholds: np.ndarray) -> np.ndarray:
@@ -379,6 +405,7 @@ class MatchingEvaluator(ImageRecords):
         record = {"num_gt": o.intersection.shape[0], "num_pred": o.intersection.shape[1]}
         if self.iou_thresholds is not None:
             record["matching_ap"] = image_matching_ap(o, self.iou_thresholds)
+            record["missed"] = missed_kinds(o, self.iou_thresholds[0])
         if "sbd" in self.metrics:
             record["sbd"] = _sbd_image(o)
         if self.map_r_thresholds is not None:
@@ -393,6 +420,8 @@ class MatchingEvaluator(ImageRecords):
         if self.iou_thresholds is not None:
             self._per_threshold(out, "match_AP", self.iou_thresholds,
                                 np.mean([im["matching_ap"] for im in self.images], axis=0))
+            missed = np.sum([im["missed"] for im in self.images], axis=0)
+            out.update({f"missed_{kind}": int(n) for kind, n in zip(MISSED_KINDS, missed)})
         if "sbd" in self.metrics:
             out["SBD"] = float(np.mean([im["sbd"] for im in self.images]))
         if "dic" in self.metrics:
@@ -422,7 +451,8 @@ def evaluate_matching(
     """The matching metrics named in `metrics` as one flat dict (for metrics.json).
 
     Keys: `matching_ap` -> match_AP50 (one per `iou_thresholds`, plus match_AP, their mean, when
-    there is more than one); `sbd` -> SBD; `dic` -> DiC (mean signed) and abs_DiC (mean |DiC|),
+    there is more than one) and missed_merged, missed_low_iou, missed_not_found (GT objects over all
+    images left unmatched at the first threshold, by why: `missed_kinds`); `sbd` -> SBD; `dic` -> DiC (mean signed) and abs_DiC (mean |DiC|),
     both object counts per image, not fractions; `map_r` -> mAPr50 ... mAPr90 and mAPr (their
     mean); always num_images. Everything else is a fraction in [0, 1] (NaN: nothing to score).
     A `MatchingEvaluator` fed the images one by one gives the same dict.

@@ -97,6 +97,8 @@ def test_sbd_equals_the_cvppp_definition_on_random_label_maps():
 
 # ----------------------------------------------------------------------------- AP at IoU t
 
+NOTHING_MISSED = {"missed_merged": 0, "missed_low_iou": 0, "missed_not_found": 0}
+
 
 def _tp_fp_fn_image():
     """3 GT, 3 predictions: one exact match, one at IoU 0.6, one missed GT, one false positive."""
@@ -122,7 +124,20 @@ def test_matching_ap_with_known_true_and_false_positives():
     assert matching_ap([gt, gt], [pred, gt], 0.7) == pytest.approx(0.6)
     flat = evaluate_matching([gt], [pred], ["matching_ap"], iou_thresholds=[0.5, 0.7])
     assert flat == {"match_AP50": pytest.approx(0.5), "match_AP70": pytest.approx(0.2),
-                    "match_AP": pytest.approx(0.35), "num_images": 1}
+                    "match_AP": pytest.approx(0.35), "num_images": 1,
+                    "missed_merged": 0, "missed_low_iou": 0, "missed_not_found": 1}  # g3, at t = 0.5
+
+
+def test_missed_objects_are_told_apart_by_why():
+    h = w = 20
+    g = [_box(h, w, slice(0, 5), slice(0, 5)), _box(h, w, slice(0, 5), slice(5, 10)),  # two touching squares
+         _box(h, w, slice(10, 15), slice(0, 5)), _box(h, w, slice(10, 15), slice(10, 15))]
+    merged = g[0] | g[1]  # one mask over the touching pair: IoU 0.5 with each, only one can match at t = 0.5
+    low = _box(h, w, slice(10, 15), slice(0, 2))  # 10 of g[2]'s 25 pixels: IoU 0.4
+    flat = evaluate_matching([_instances(g)], [_instances([merged, low])], ["matching_ap"], iou_thresholds=[0.5])
+    assert (flat["missed_merged"], flat["missed_low_iou"], flat["missed_not_found"]) == (1, 1, 1)
+    flat = evaluate_matching([_instances(g)], [_instances([merged, low])], ["matching_ap"], iou_thresholds=[0.6])
+    assert (flat["missed_merged"], flat["missed_low_iou"], flat["missed_not_found"]) == (2, 1, 1)
 
 
 def _conflict_image():
@@ -203,13 +218,16 @@ def test_perfect_predictions_give_one_everywhere(three_images):
     maps, gt = three_images
     thresholds = np.round(np.arange(0.5, 0.96, 0.05), 2)
     result = evaluate_matching(gt, gt, MATCHING_METRICS, iou_thresholds=thresholds)
-    fractions = {k: v for k, v in result.items() if k not in ("DiC", "abs_DiC", "num_images")}
+    counts = ("DiC", "abs_DiC", "num_images", "missed_merged", "missed_low_iou", "missed_not_found")
+    fractions = {k: v for k, v in result.items() if k not in counts}
     assert len(fractions) == 10 + 1 + 1 + 5 + 1  # match_AP50..95 + match_AP, SBD, mAPr50..90 + mAPr
     assert all(v == pytest.approx(1.0) for v in fractions.values()), fractions
     assert result["DiC"] == 0.0 and result["abs_DiC"] == 0.0 and result["num_images"] == 3
+    assert result["missed_merged"] == result["missed_low_iou"] == result["missed_not_found"] == 0
     assert set(result) >= {"match_AP55", "match_AP95", "mAPr60"}
     # label maps in, label maps out: same answer
-    assert evaluate_matching(maps, maps, ["matching_ap", "sbd"]) == {"match_AP50": 1.0, "SBD": 1.0, "num_images": 3}
+    assert evaluate_matching(maps, maps, ["matching_ap", "sbd"]) == {"match_AP50": 1.0, "SBD": 1.0, "num_images": 3,
+                                                                      **NOTHING_MISSED}
 
 
 def test_empty_images():
@@ -217,13 +235,14 @@ def test_empty_images():
     one[2:5, 2:5] = 1
     # nothing to find and nothing found: AP 1, SBD 1, DiC 0 (StarDist/EmbedSeg would give AP 0)
     assert evaluate_matching([empty], [empty], ["matching_ap", "sbd", "dic"]) == {
-        "match_AP50": 1.0, "SBD": 1.0, "DiC": 0.0, "abs_DiC": 0.0, "num_images": 1}
+        "match_AP50": 1.0, "SBD": 1.0, "DiC": 0.0, "abs_DiC": 0.0, "num_images": 1, **NOTHING_MISSED}
     # a prediction on an empty image: TP 0, FP 1 -> AP 0; SBD 0; DiC +1
     assert evaluate_matching([empty], [one], ["matching_ap", "sbd", "dic"]) == {
-        "match_AP50": 0.0, "SBD": 0.0, "DiC": 1.0, "abs_DiC": 1.0, "num_images": 1}
-    # an object missed: AP 0, SBD 0, DiC -1; mAP^r 0
+        "match_AP50": 0.0, "SBD": 0.0, "DiC": 1.0, "abs_DiC": 1.0, "num_images": 1, **NOTHING_MISSED}
+    # an object missed: AP 0, SBD 0, DiC -1; mAP^r 0; not found
     result = evaluate_matching([one], [empty])
     assert (result["match_AP50"], result["SBD"], result["DiC"], result["mAPr"]) == (0.0, 0.0, -1.0, 0.0)
+    assert result["missed_not_found"] == 1
     # no ground truth anywhere: mAP^r has no class to score
     assert math.isnan(map_r([empty], [one])[0.5])
 
@@ -283,7 +302,7 @@ def test_real_cvppp_leaves_merged_pair_against_the_loop_definition(shared_data):
     gt = np.array(Image.open(path)).astype(np.int64)
     ids = [i for i in np.unique(gt) if i > 0]
     assert evaluate_matching([gt], [gt], ["sbd", "dic", "matching_ap"]) == {
-        "SBD": 1.0, "DiC": 0.0, "abs_DiC": 0.0, "match_AP50": 1.0, "num_images": 1}
+        "SBD": 1.0, "DiC": 0.0, "abs_DiC": 0.0, "match_AP50": 1.0, "num_images": 1, **NOTHING_MISSED}
     pred = gt.copy()
     pred[pred == ids[1]] = ids[0]  # merge two leaves: one fewer object
     expected = min(_best_dice_by_loops(gt, pred), _best_dice_by_loops(pred, gt))
