@@ -72,9 +72,10 @@ def test_score_groupers_puts_every_metric_in_one_dict_per_grouper():
     assert bad["match_AP50"] == pytest.approx((0.5 + 1.0) / 2) and bad["DiC"] == 0.0
     assert good["instances_per_image"] == 3.0 and run.names == ["0", "1"]
     table = format_table(results, keys=metric_columns(results, ("AP", "APl")), first="grouper").splitlines()
-    assert table[0] == ("| grouper | AP | APl | match_AP50 | SBD | DiC | abs_DiC | mAPr50 | mAPr60 | mAPr70 | "
-                        "mAPr80 | mAPr90 | mAPr |")
-    assert table[2].startswith("| good | 100.0 | - | 100.0 | 100.0 | 0.00 | 0.00 | 100.0")
+    assert table[0] == ("| grouper | AP | APl | match_AP50 | missed_merged | missed_low_iou | missed_not_found | SBD | "
+                        "DiC | abs_DiC | mAPr50 | mAPr60 | mAPr70 | mAPr80 | mAPr90 | mAPr |")
+    assert table[2].startswith("| good | 100.0 | - | 100.0 | 0.00 | 0.00 | 0.00 | 100.0 | 0.00 | 0.00 | 100.0")
+    assert table[3].startswith("| bad | ") and "| 0.00 | 0.00 | 1.00 |" in table[3]  # the GT under no prediction
 
 
 def test_streamed_scores_equal_the_list_functions_and_only_figures_are_kept():
