@@ -30,8 +30,9 @@ how many pixels a unit is.
 Vectorised over instances: the kernels of every instance of every image are first evaluated
 without gradients ([B, K, H*W]); the pairs (instance, pixel) where phi_k >= kernel_floor or the
 pixel is k's are kept, and the loss is computed on those alone. A dropped background pixel has
-hinge error 2 phi < 2 kernel_floor, and with kernel_floor 0 nothing with a non-zero error is
-dropped, so the result equals the per-instance Lovasz hinge over the whole image exactly.
+hinge error 2 phi < 2 kernel_floor; with kernel_floor 0 only kernel values below the dtype's
+smallest normal number are dropped, and the result equals the per-instance Lovasz hinge over the
+whole image (tests/test_spatial.py checks it against a loop).
 """
 from __future__ import annotations
 
