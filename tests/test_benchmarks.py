@@ -18,7 +18,7 @@ def test_loss_benchmark_runs_and_writes_every_row(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [(r["loss"], r["instances"]) for r in rows] == [
-        ("discriminative", 2), ("metric", 2), ("discriminative", 3), ("metric", 3)]
+        ("discriminative", 2), ("metric", 2), ("spatial", 2), ("discriminative", 3), ("metric", 3), ("spatial", 3)]
     for r in rows:
         assert r["speedup"] == r["loop_s"] / r["vectorised_s"]
     assert "| discriminative | 3 |" in result.stdout
