@@ -11,6 +11,7 @@ import matplotlib.ticker
 import numpy as np
 from scipy import ndimage
 
+from embedseg.grouping.base import foreground_mask
 from embedseg.outputs import atomic_path
 from embedseg.structures import Instances
 
@@ -104,7 +105,7 @@ def plot_spatial_outputs(images: list[np.ndarray], outputs: list[dict], coord_sc
     axes of an anisotropic margin), on the foreground."""
     fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
     for row, (image, out) in enumerate(zip(images, outputs)):
-        foreground = out["semantic"][1:].max(0) > out["semantic"][0]
+        foreground = foreground_mask(out).numpy()
         centres = out["embedding"][:2, foreground] / coord_scale  # (y, x) in pixels
         radius = np.sqrt(np.log(2) / np.exp(out["embedding"][2:])).mean(0) / coord_scale
         axes[row, 0].imshow(image)

@@ -184,8 +184,10 @@ def l1_medoids(clusters: ImageClusters, size: tuple[int, int]) -> torch.Tensor:
         value = coords[:, axis]
         order = torch.argsort(slot * (max(h, w) + 1) + value)
         v, s = value[order], slot[order]
-        rank = torch.arange(len(v), device=v.device) - (sizes.cumsum(0) - sizes)[s]
-        below = v.cumsum(0) - v - (v.cumsum(0) - v)[(sizes.cumsum(0) - sizes)[s]]  # sum of the smaller values
+        first = (sizes.cumsum(0) - sizes)[s]  # sorted position of the instance's first pixel
+        rank = torch.arange(len(v), device=v.device) - first
+        preceding = v.cumsum(0) - v
+        below = preceding - preceding[first]  # sum of the instance's smaller values
         total = torch.zeros_like(sizes).index_add_(0, s, v)[s]
         above = total - below - v
         cost[order] += v * rank - below + above - v * (sizes[s] - rank - 1)
