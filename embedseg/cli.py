@@ -178,8 +178,10 @@ def cmd_reproduce(args) -> int:
 
     suite = load_suite(args.suite)
     again = f"embedseg reproduce {args.suite} --budget {args.budget} --seeds {args.seeds} --runs {args.runs}"
+    if args.rows is not None:
+        again += f" --rows {shlex.quote(args.rows)}"
     try:
-        reproduce(suite, args.budget, args.seeds, Path(args.runs))
+        reproduce(suite, args.budget, args.seeds, Path(args.runs), args.rows)
     except TrainingInterrupted as e:  # the row's last.pt was saved: the same command continues it
         print(f"embedseg reproduce: {e}; continue with: {again}", file=sys.stderr)
         return e.exit_status
@@ -380,6 +382,8 @@ def add_suite_commands(sub) -> None:
                                                                     "(default): the CPU configs; full: the papers'")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
     p.add_argument("--runs", default="runs", help="where the rows' runs go: <runs>/<suite>/<budget>/<row>/seed<k>")
+    p.add_argument("--rows", help="only the rows whose name contains this text (case-insensitive), e.g. "
+                                  "--rows spatial; the table still shows every row")
     p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("table", help="a suite's table and figure from its finished runs; --all writes EXPERIMENTS.md")
     p.add_argument("suite", nargs="?", help="suite name or path to a suite.yaml")

@@ -1,8 +1,8 @@
 """Paper-table suites: every shipped suite resolves; tables render from fabricated results (column
 order, reference rows, mean ± std, missing runs); `reproduce` skips finished rows and continues an
-interrupted one, trains a recipe once across suites and scores an external row's label images (perfect
-ones: AP 1.0; none: the row is missing; a wrong size: an error naming the file); `reproduce --budget
-smoke` runs every shipped suite end to end (real data)."""
+interrupted one, runs only the rows --rows names, trains a recipe once across suites and scores an
+external row's label images (perfect ones: AP 1.0; none: the row is missing; a wrong size: an error
+naming the file); `reproduce --budget smoke` runs every shipped suite end to end (real data)."""
 from __future__ import annotations
 
 import json
@@ -135,6 +135,18 @@ def test_reproduce_skips_finished_rows_and_continues_an_interrupted_one(tmp_path
     assert set(yaml.safe_load((shared / "tuned.yaml").read_text())["grouping"]) == {"meanshift", "components"}
     table = capsys.readouterr().out
     assert "| meanshift | ours (cpu) |" in table and "missing" not in table
+
+
+def test_reproduce_rows_runs_only_the_named_rows(tmp_path, capsys):
+    suite = tiny_suite(tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["reproduce", str(tmp_path), "--seeds", "1", "--runs", str(runs), "--rows", "LONG"]) == 0
+    assert result_file(row_dir(runs, suite, "cpu", suite.rows[2], 0), suite.rows[2]).is_file()
+    assert not row_dir(runs, suite, "cpu", suite.rows[0], 0).exists()
+    table = capsys.readouterr().out
+    assert "| longer | ours (cpu) |" in table and "| meanshift | ours (cpu) | missing | missing | 0 |" in table
+    assert main(["reproduce", str(tmp_path), "--runs", str(runs), "--rows", "spatial"]) == 2
+    assert "--rows 'spatial' matches no row of" in capsys.readouterr().err
 
 
 def test_training_recipe_holds_what_changes_the_weights(tiny_config_file):

@@ -60,10 +60,22 @@ def row_overrides(suite: Suite, row: Row, budget: str, seed: int) -> list[str]:
     return [*row.overrides, *suite.budget_overrides(budget), f"seed={seed}", f"name={suite.name}_{row.slug}_s{seed}"]
 
 
-def reproduce(suite: Suite, budget: str, seeds: int, runs: Path) -> list[Path]:
-    """Run every unfinished (row, seed) of `suite` at `budget`; the run directories of the suite's rows."""
+def select_rows(suite: Suite, rows: str | None) -> list[Row]:
+    """The suite's rows whose name contains `rows` (case-insensitive); all of them for None."""
+    if rows is None:
+        return suite.rows
+    chosen = [row for row in suite.rows if rows.lower() in row.name.lower()]
+    if not chosen:
+        names = ", ".join(repr(row.name) for row in suite.rows)
+        raise ValueError(f"--rows {rows!r} matches no row of {suite.name}; its rows: {names}")
+    return chosen
+
+
+def reproduce(suite: Suite, budget: str, seeds: int, runs: Path, rows: str | None = None) -> list[Path]:
+    """Run every unfinished (row, seed) of `suite` at `budget` (only the rows whose name contains `rows`,
+    when given); the run directories of those rows."""
     done = []
-    for row in suite.rows:
+    for row in select_rows(suite, rows):
         if row.config_for(budget) is None:
             log.info("%s: %r has no config for the %s budget; skipped", suite.name, row.name, budget)
             continue
