@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from embedseg.models.deeplab import pixel_positions
+
 # (quarter turns k, horizontal flip) of the 8 transforms; (0, False) is the identity.
 TRANSFORMS = tuple((k, flip) for k in range(4) for flip in (False, True))
 
@@ -43,21 +45,13 @@ def vectors_back(vectors: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.stack([dy, -dx if flip else dx], dim=-3)
 
 
-def positions(like: torch.Tensor) -> torch.Tensor:
-    """(y, x) of every pixel of `like` [..., H, W], as [2, H, W] in its dtype and on its device."""
-    h, w = like.shape[-2:]
-    ys = torch.arange(h, dtype=like.dtype, device=like.device)[:, None].expand(h, w)
-    xs = torch.arange(w, dtype=like.dtype, device=like.device)[None, :].expand(h, w)
-    return torch.stack([ys, xs])
-
-
 def embedding_back(embedding: torch.Tensor, k: int, flip: bool, coord_scale: float) -> torch.Tensor:
     """The embedding [B, D, H', W'] of T(x) in the frame of x, with positions s * (y, x) of that frame."""
     back = invert(embedding, k, flip)
     if coord_scale == 0:
         return back
-    offsets = invert(embedding[:, :2] - coord_scale * positions(embedding), k, flip)
-    return torch.cat([vectors_back(offsets, k, flip) + coord_scale * positions(back), back[:, 2:]], 1)
+    offsets = invert(embedding[:, :2] - coord_scale * pixel_positions(embedding), k, flip)
+    return torch.cat([vectors_back(offsets, k, flip) + coord_scale * pixel_positions(back), back[:, 2:]], 1)
 
 
 def average_over_transforms(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor,

@@ -23,6 +23,14 @@ def rename_legacy_keys(module, state_dict, prefix, *args) -> None:
                 break
 
 
+def pixel_positions(like: torch.Tensor) -> torch.Tensor:
+    """(y, x) of every pixel of `like` [..., H, W], as [2, H, W] in its dtype and on its device."""
+    h, w = like.shape[-2:]
+    ys = torch.arange(h, dtype=like.dtype, device=like.device)[:, None].expand(h, w)
+    xs = torch.arange(w, dtype=like.dtype, device=like.device)[None, :].expand(h, w)
+    return torch.stack([ys, xs])
+
+
 class DeepLabEmbedding(nn.Module):
     """Maps images [B,3,H,W] to {"embedding": [B,D,H,W], "seediness": [B,1,H,W] in [0,1],
     "semantic": [B,C+1,H,W] logits (channel 0 = background)} at input resolution.
@@ -56,10 +64,7 @@ class DeepLabEmbedding(nn.Module):
         if self.coord_scale == 0:
             return embedding
         embedding = embedding.float()  # under bf16 autocast, positions of ~25 would be rounded to 1/8
-        h, w = embedding.shape[-2:]
-        ys = torch.arange(h, dtype=embedding.dtype, device=embedding.device)[:, None].expand(h, w)
-        xs = torch.arange(w, dtype=embedding.dtype, device=embedding.device)[None, :].expand(h, w)
-        return torch.cat([embedding[:, :2] + self.coord_scale * torch.stack([ys, xs]), embedding[:, 2:]], 1)
+        return torch.cat([embedding[:, :2] + self.coord_scale * pixel_positions(embedding), embedding[:, 2:]], 1)
 
     def tile_to_image(self, outputs: dict[str, torch.Tensor], offset: tuple[int, int]) -> dict[str, torch.Tensor]:
         """The outputs of a tile whose top-left pixel is pixel `offset` = (y, x) of the image, in the
