@@ -128,17 +128,16 @@ def kernel_pairs(positions: torch.Tensor, centres: torch.Tensor, sigma: torch.Te
     ids = instances.flatten(1)
     own = torch.full_like(ids, -1)
     own.view(-1)[clusters.pixel] = clusters.slot % max(k, 1)  # each instance pixel's k, -1 elsewhere
-    # phi >= floor  <=>  sum_d s_d (e_d - c_d)^2 <= -log(floor), expanded into two [K, 2] x [2, N] products
+    # phi >= floor  <=>  sum_d s_d (e_d - c_d)^2 <= -log(floor)
     limit = -math.log(floor if floor > 0 else torch.finfo(positions.dtype).tiny)
     scale = sigma.exp().expand(b, k, 2)
     keep = []
-    for image in range(b):  # one [K, N] table at a time bounds the memory
-        e = positions[image]
-        sq = (scale[image] * centres[image].pow(2)).sum(1, keepdim=True) + scale[image] @ e.pow(2)
-        sq -= 2 * (scale[image] * centres[image]) @ e
+    for image in range(b):  # one [K_b, N] table at a time bounds the memory
+        k_b = int(clusters.num_clusters[image])
+        e, c, s = positions[image], centres[image, :k_b], scale[image, :k_b]
+        sq = (e[0] - c[:, :1]).square_().mul_(s[:, :1]) + (e[1] - c[:, 1:]).square_().mul_(s[:, 1:])
         near = (sq <= limit) & (ids[image] >= 0)
-        near |= torch.arange(k, device=ids.device).unsqueeze(1) == own[image]
-        near &= clusters.valid[image].unsqueeze(1)
+        near |= torch.arange(k_b, device=ids.device).unsqueeze(1) == own[image]
         keep.append(torch.nonzero(near))
     counts = torch.tensor([len(t) for t in keep], device=ids.device)
     batch = torch.repeat_interleave(torch.arange(b, device=ids.device), counts)
