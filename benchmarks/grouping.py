@@ -12,6 +12,10 @@ Gaussian noise of 0.05 per dimension (about 0.4 in norm, as a discriminative los
 delta_v = 0.5 leaves them); seediness falls from 1 at the site to 0 at the cell's edge; class
 probabilities are 0.9 for the instance's class (two classes).
 
+The spatial grouper reads a spatial embedding of the same cells instead (each pixel points at its
+site with 0.5 px of noise, one margin whose kernel is 0.5 at 3 px), and oracle_centres reads the
+planted instances, as eval.oracle hands them over.
+
 Every registered grouper runs with its default parameters (mean-shift bandwidth 1.0), timed as
 the median wall-clock ms of --repeats calls after one warm-up on --threads torch threads. Beside
 them, once per case (they are slow), the plain uses on every foreground pixel:
@@ -97,8 +101,20 @@ def planted_outputs(size: int, instances: int, dim: int = 64, foreground: float 
     semantic[semantic_map, yy.astype(int), xx.astype(int)] = 0.9
     strength = np.concatenate([[0.0], rng.uniform(0.6, 1.0, k)])
     seediness = np.where(label_map > 0, np.clip(1 - site_distance / reach, 0, 1) * strength[label_map], 0.0)
-    outputs = {"embedding": embedding, "semantic": semantic, "seediness": seediness.astype(np.float32)}
+    # the spatial grouper reads a spatial embedding instead: every pixel points at its own site (in image
+    # units, 0.5 px of noise) with a margin whose kernel is 0.5 at 3 px
+    site_of = np.concatenate([[0.0, 0.0], sites[ids - 1].ravel()]).reshape(-1, 2)[label_map]  # [H, W, 2]
+    pointed = (site_of + 0.5 * rng.standard_normal((size, size, 2))) / size
+    margin = np.full((1, size, size), np.log(np.log(2.0) * size ** 2 / 9.0))
+    spatial = np.concatenate([pointed.transpose(2, 0, 1), margin]).astype(np.float32)
+    outputs = {"embedding": embedding, "spatial_embedding": spatial, "semantic": semantic,
+               "seediness": seediness.astype(np.float32), "instances": label_map}  # instances: for oracle groupers
     return outputs, Instances.from_label_map(label_map, labels=semantic_map)
+
+
+def grouper_inputs(grouper, outputs: dict) -> dict:
+    """The planted outputs as `grouper` reads them: the spatial embedding for a spatial grouper."""
+    return {**outputs, "embedding": outputs["spatial_embedding"]} if grouper.spatial else outputs
 
 
 # ----------------------------------------------------------------------------- plain baselines
@@ -180,7 +196,7 @@ def run_case(size: int, instances: int, args) -> list[dict]:
     if case in args.hdbscan_cases:
         methods.append(("hdbscan (all pixels)", plain_hdbscan, 1))
     for name, grouper, repeats in methods:
-        pred, times = time_grouper(grouper, outputs, repeats)
+        pred, times = time_grouper(grouper, grouper_inputs(grouper, outputs), repeats)
         metrics = evaluate_coco([gt], [pred])
         rows.append({"size": size, "instances": len(gt), "foreground_pixels": foreground, "method": name,
                      "ms_median": statistics.median(times), "ms_all": times, "AP": metrics["AP"],

@@ -58,3 +58,19 @@ def test_data_benchmark_rates_the_loader_per_worker_count_beside_the_model(tmp_p
     assert rows[0]["model_images_per_s"] == rows[1]["model_images_per_s"] > 0  # one model rate per config
     assert all(r["data_images_per_s"] > 0 for r in rows)
     assert f"{no_data}: skipped (FolderDataset: data root folder" in result.stdout
+
+
+def test_grouping_benchmark_times_every_registered_grouper_on_its_planted_case(tmp_path):
+    from embedseg.grouping import GROUPERS
+
+    out = tmp_path / "bench.json"
+    args = ["--cases", "64x4", "--repeats", "1", "--threads", "1", "--sklearn-cases", "--hdbscan-cases",
+            "--json", str(out)]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "grouping.py"), *args], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert sorted(rows) == sorted(GROUPERS.names())
+    for name in ("meanshift", "seeds", "spatial", "oracle_centres"):  # well-separated planted instances
+        assert rows[name]["AP"] == 1.0, name
+    assert "| 64x64 | 4 |" in result.stdout

@@ -4,10 +4,13 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from embedseg.grouping.base import MIN_SIZES, Grouper, as_tensor, foreground_embeddings, no_masks, pixel_values
 from embedseg.grouping.registry import GROUPERS
+
+MAX_LOG_SCALE = 50.0  # exp(50) = 5e21: a kernel narrower than any pixel spacing
 
 
 @GROUPERS.register("spatial")
@@ -22,7 +25,7 @@ class SpatialGrouper(Grouper):
     become a mask when they are at least `min_size` pixels and at least `min_unclaimed` of the
     proposal. The proposal is claimed either way, so no seed is tried twice. Score: the seed's
     seediness. At most `max_instances` masks; each seed looks only at the pixels whose position is
-    within its kernel's reach along y (a binary search in the pixels sorted once by position).
+    within its kernel's reach along y (a slice of the pixels sorted once by position).
     """
 
     search_space: ClassVar[dict[str, list]] = {"seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
@@ -51,33 +54,34 @@ class SpatialGrouper(Grouper):
             raise KeyError("the spatial grouper needs outputs['seediness'], the seed map")
         if len(x) == 0:
             return no_masks((h, w))
-        positions, scale = x[:, :2].double(), x[:, 2:].double().exp()
-        # phi > 0.5 needs |e_y - c_y| < sqrt(log 2 / min_d s_d): with the pixels sorted by e_y each seed
-        # looks at the band of pixels whose e_y is that close only
-        row_order = torch.argsort(positions[:, 0])
-        sorted_y = positions[row_order, 0].contiguous()
-        reach = (math.log(2.0) / scale.min(1).values).sqrt() * (1 + 1e-9)
-        eligible = seediness >= self.seed_threshold
-        free = torch.ones(len(x), dtype=torch.bool)  # in no proposal yet
+        # the greedy loop runs in numpy, whose calls on the small per-seed arrays cost a fraction of torch's;
+        # the pixels are sorted by e_y, so each seed's band is a contiguous slice
+        x = x.double().numpy()
+        order = np.argsort(x[:, 0], kind="stable")
+        positions = x[order, :2]
+        scale = np.exp(np.minimum(x[order, 2:], MAX_LOG_SCALE))  # finite, so each seed lies in its own kernel
+        reach = np.sqrt(math.log(2.0) / scale.min(1)) * (1 + 1e-9)
+        seed_score = seediness.numpy()[order]
+        seeds = np.flatnonzero(seed_score >= self.seed_threshold)
+        seeds = seeds[np.argsort(-seed_score[seeds], kind="stable")]  # highest first (ties: the lower e_y)
+        free = np.ones(len(x), dtype=bool)  # in no proposal yet
         masks, scores = [], []
-        while len(masks) < self.max_instances:
-            candidates = torch.where(eligible & free, seediness, -1.0)
-            seed = int(torch.argmax(candidates))
-            if candidates[seed] < 0:
-                break
-            bounds = torch.stack([positions[seed, 0] - reach[seed], positions[seed, 0] + reach[seed]])
-            low, high = torch.searchsorted(sorted_y, bounds).tolist()
-            band = row_order[low:high]
-            kernel = torch.exp(-(scale[seed] * (positions[band] - positions[seed]).pow(2)).sum(1))
-            proposal = torch.cat([band[kernel > 0.5], torch.tensor([seed])]).unique()
+        for seed in seeds:
+            if not free[seed]:
+                continue
+            low, high = np.searchsorted(positions[:, 0], positions[seed, 0] + np.array([-reach[seed], reach[seed]]))
+            kernel = np.exp(-(scale[seed] * (positions[low:high] - positions[seed]) ** 2).sum(1))
+            proposal = low + np.flatnonzero(kernel > 0.5)
             mask = proposal[free[proposal]]
             if len(mask) >= max(1, self.min_size) and len(mask) >= self.min_unclaimed * len(proposal):
-                masks.append(pixel_index[mask])
-                scores.append(seediness[seed])
+                masks.append(mask)
+                scores.append(seed_score[seed])
+                if len(masks) == self.max_instances:
+                    break
             free[proposal] = False
         if not masks:
             return no_masks((h, w))
         image_masks = torch.zeros(len(masks), h * w, dtype=torch.bool)
         image_masks[torch.repeat_interleave(torch.arange(len(masks)), torch.tensor([len(m) for m in masks])),
-                    torch.cat(masks)] = True
-        return image_masks.view(-1, h, w), as_tensor(torch.stack(scores))
+                    pixel_index[torch.from_numpy(order[np.concatenate(masks)])]] = True
+        return image_masks.view(-1, h, w), as_tensor(np.array(scores, dtype=np.float32))
