@@ -5,7 +5,9 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -420,7 +422,23 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM ends a command the way Ctrl-C does, by unwinding: `with` blocks and `finally` clauses run, so
+    temporary folders (tune's cached outputs) are removed. Training saves last.pt first (StopSignals)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may handle signals
+        return run_command(argv)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        return run_command(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # under torchrun the other ranks report warnings and errors only
     info = logging.INFO if is_main_process() else logging.WARNING

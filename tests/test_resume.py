@@ -8,6 +8,7 @@ in-process tests train the same config for a few steps.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -354,3 +356,26 @@ def test_an_epoch_resumed_at_a_batch_continues_its_shuffle():
     assert len(whole) == 3 and len({image for batch in whole for image in batch}) == 6
     assert [batch.tolist() for batch in epoch_loader(images, 2, 0, seed=5, skip=2)] == whole[2:]
     assert [batch.tolist() for batch in epoch_loader(images, 2, 0, seed=6)] != whole
+
+
+def test_sigterm_outside_training_unwinds_the_command_so_its_temporary_folders_go(tmp_path, monkeypatch):
+    """A command killed with SIGTERM (tune, evaluate) exits 143 through its `with` blocks: nothing is left in /tmp."""
+    from embedseg import cli
+
+    def command_in_a_temporary_folder(args):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+            (Path(folder) / "outputs.pt").write_bytes(b"cached")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # not reached: the handler raises at once
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(
+        func=command_in_a_temporary_folder, verbose=False, debug=False, command="tune"))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["tune", "run"])
+    assert stopped.value.code == 143
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
