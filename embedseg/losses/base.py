@@ -11,6 +11,11 @@ def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x.pow(2).sum(dim).clamp_min(1e-12).sqrt()
 
 
+def preceding_sum(x: torch.Tensor) -> torch.Tensor:
+    """Each entry's sum of the entries before it (of group sizes: where each group starts when sorted)."""
+    return x.cumsum(0) - x
+
+
 def compact_ids(instances: torch.Tensor) -> torch.Tensor:
     """The positive ids renumbered 1..K in increasing order (over the whole tensor); 0 and ids < 0 kept."""
     positive = instances > 0
@@ -153,7 +158,7 @@ def sample_pixels(instances: torch.Tensor, per_group: int, max_per_image: int,
     order = torch.argsort((key << _RANDOM_BITS) | random_bits)
     pix, image, ids, random_bits = pix[order], image[order], ids[order], random_bits[order]
     _, group, counts = torch.unique_consecutive(key[order], return_inverse=True, return_counts=True)
-    rank = torch.arange(len(pix), device=device) - (counts.cumsum(0) - counts)[group]
+    rank = torch.arange(len(pix), device=device) - preceding_sum(counts)[group]
     # A rank >= max_per_image can never make the budget (its group alone fills it first).
     cap = min(per_group, max_per_image)
     if b * (cap + 1) >= 2 ** (63 - _RANDOM_BITS):
@@ -164,7 +169,7 @@ def sample_pixels(instances: torch.Tensor, per_group: int, max_per_image: int,
     order = torch.argsort(((image * (cap + 1) + rank) << _RANDOM_BITS) | random_bits)
     pix, image, ids, group = pix[order], image[order], ids[order], group[order]
     per_image = torch.bincount(image, minlength=b)
-    slot = torch.arange(len(pix), device=device) - (per_image.cumsum(0) - per_image)[image]
+    slot = torch.arange(len(pix), device=device) - preceding_sum(per_image)[image]
     keep = slot < max_per_image
     pix, image, ids, group, slot = pix[keep], image[keep], ids[keep], group[keep], slot[keep]
     m = int(min(max_per_image, per_image.max().item())) if b else 0

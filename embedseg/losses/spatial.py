@@ -41,7 +41,7 @@ import math
 import torch
 from torch import nn
 
-from embedseg.losses.base import ImageClusters, mean_over_images
+from embedseg.losses.base import ImageClusters, mean_over_images, preceding_sum
 from embedseg.losses.registry import LOSSES
 
 CENTRES = ("mean", "medoid")
@@ -159,9 +159,9 @@ def lovasz_hinge_rows(kernel: torch.Tensor, inside: torch.Tensor, row: torch.Ten
     order = torch.argsort(row.double() * 4.0 + (2.0 - errors.detach().double()))
     errors, inside, row = errors[order], inside[order], row[order]
     counts = torch.bincount(row, minlength=len(row_size))
-    first = (counts.cumsum(0) - counts)[row]  # sorted position of the row's first entry
+    first = preceding_sum(counts)[row]  # sorted position of the row's first entry
     positive = inside.to(errors.dtype)
-    hits = positive.cumsum(0) - (positive.cumsum(0) - positive)[first]
+    hits = positive.cumsum(0) - preceding_sum(positive)[first]
     misses = (torch.arange(len(row), device=row.device) - first + 1) - hits
     objects = row_size[row].to(errors.dtype)
     jaccard = 1.0 - (objects - hits) / (objects + misses)
@@ -183,9 +183,9 @@ def l1_medoids(clusters: ImageClusters, size: tuple[int, int]) -> torch.Tensor:
         value = coords[:, axis]
         order = torch.argsort(slot * (max(h, w) + 1) + value)
         v, s = value[order], slot[order]
-        first = (sizes.cumsum(0) - sizes)[s]  # sorted position of the instance's first pixel
+        first = preceding_sum(sizes)[s]  # sorted position of the instance's first pixel
         rank = torch.arange(len(v), device=v.device) - first
-        preceding = v.cumsum(0) - v
+        preceding = preceding_sum(v)
         below = preceding - preceding[first]  # sum of the instance's smaller values
         total = torch.zeros_like(sizes).index_add_(0, s, v)[s]
         above = total - below - v
