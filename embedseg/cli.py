@@ -44,7 +44,7 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
         plot_grouping_comparison(run.images, run.ground_truth, run.predictions, figure)
     figures = [figure]
     if spatial_embedding(config):
-        figures.append(draw_spatial_outputs(run_dir, config, model, split, len(run.images), overwrite_overlays, notes))
+        figures.append(draw_spatial_outputs(run_dir, config, run, split, overwrite_overlays, notes))
     keys = metric_columns(results, TABLE_KEYS)  # the columns of the metrics the config asked for
     coco = (f"COCO mask AP with maxDets {ev.max_dets}, class-aware unless marked agnostic; "
             if "coco" in ev.metrics else "")
@@ -62,19 +62,15 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     return results
 
 
-def draw_spatial_outputs(run_dir: Path, config, model, split: str, num_images: int, overwrite: bool,
-                         notes: list[str]) -> Path:
-    """spatial_<split>.png: seed map and margins of a spatial embedding on the split's first images."""
-    from embedseg.engine.run import build_predictor, dataset_for_split
+def draw_spatial_outputs(run_dir: Path, config, run, split: str, overwrite: bool, notes: list[str]) -> Path:
+    """spatial_<split>.png: seed map and margins of a spatial embedding on the images `run` kept."""
     from embedseg.viz import plot_spatial_outputs
 
     figure = run_dir / f"spatial_{split}.png"
     if figure.exists() and not overwrite:
         notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
         return figure
-    predictor, dataset = build_predictor(config, model), dataset_for_split(config, split)
-    images = [dataset[i]["image"] for i in range(min(num_images, len(dataset)))]
-    return plot_spatial_outputs(images, [predictor(image) for image in images], config.model["coord_scale"], figure)
+    return plot_spatial_outputs(run.images, run.outputs, config.model["coord_scale"], figure)
 
 
 # ----------------------------------------------------------------------------- commands

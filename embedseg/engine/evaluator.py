@@ -26,7 +26,7 @@ from embedseg.structures import Instances
 @dataclass
 class GroupingRun:
     """What one pass over a split keeps: each grouper's evaluators (fed every image), timings, names,
-    and the first `keep_images` images with their ground truth and predictions, for figures."""
+    and the first `keep_images` images with their network outputs, ground truth and predictions, for figures."""
 
     evaluators: dict = field(default_factory=dict)  # grouper -> its evaluators
     group_ms: dict = field(default_factory=dict)  # grouper -> ms per image
@@ -36,6 +36,7 @@ class GroupingRun:
     names: list = field(default_factory=list)  # name of every image scored (its image_id where it has none)
     split_images: int = 0  # images in the split
     images: list = field(default_factory=list)  # the first few images, for figures
+    outputs: list = field(default_factory=list)  # their network outputs (as the groupers read them)
     ground_truth: list = field(default_factory=list)  # their ground truth (Instances)
     predictions: dict = field(default_factory=dict)  # grouper -> their predictions (Instances)
 
@@ -81,6 +82,7 @@ def run_groupers(predictor, dataset, groupers: dict, evaluators: Callable[[], li
         run.names.append(str(sample.get("name", sample["image_id"])))
         if keep:
             run.images.append(sample["image"])
+            run.outputs.append(outputs)
             run.ground_truth.append(truth)
     return run
 
