@@ -60,7 +60,7 @@ class SpatialGrouper(Grouper):
         order = np.argsort(x[:, 0], kind="stable")
         positions = x[order, :2]
         scale = np.exp(np.minimum(x[order, 2:], MAX_LOG_SCALE))  # finite, so each seed lies in its own kernel
-        reach = np.sqrt(math.log(2.0) / scale.min(1)) * (1 + 1e-9)
+        reach = np.sqrt(math.log(2.0) / scale.min(1)) * (1 + 1e-9)  # phi > 0.5 needs |e_y - c_y| < reach
         seed_score = seediness.numpy()[order]
         seeds = np.flatnonzero(seed_score >= self.seed_threshold)
         seeds = seeds[np.argsort(-seed_score[seeds], kind="stable")]  # highest first (ties: the lower e_y)
