@@ -114,7 +114,7 @@ def planted_outputs(size: int, instances: int, dim: int = 64, foreground: float 
 
 def grouper_inputs(grouper, outputs: dict) -> dict:
     """The planted outputs as `grouper` reads them: the spatial embedding for a spatial grouper."""
-    return {**outputs, "embedding": outputs["spatial_embedding"]} if grouper.spatial else outputs
+    return {**outputs, "embedding": outputs["spatial_embedding"]} if getattr(grouper, "spatial", False) else outputs
 
 
 # ----------------------------------------------------------------------------- plain baselines

@@ -64,13 +64,14 @@ def test_grouping_benchmark_times_every_registered_grouper_on_its_planted_case(t
     from embedseg.grouping import GROUPERS
 
     out = tmp_path / "bench.json"
-    args = ["--cases", "64x4", "--repeats", "1", "--threads", "1", "--sklearn-cases", "--hdbscan-cases",
-            "--json", str(out)]
+    args = ["--cases", "64x4", "--repeats", "1", "--threads", "1", "--sklearn-cases", "64x4", "--sklearn-seeds",
+            "peaks", "--hdbscan-cases", "64x4", "--json", str(out)]
     result = subprocess.run([sys.executable, str(BENCHMARKS / "grouping.py"), *args], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stderr
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert sorted(rows) == sorted(GROUPERS.names())
+    baselines = ["sklearn MeanShift (all pixels, seediness peaks)", "hdbscan (all pixels)"]
+    assert sorted(rows) == sorted([*GROUPERS.names(), *baselines])
     for name in ("meanshift", "seeds", "spatial", "oracle_centres"):  # well-separated planted instances
         assert rows[name]["AP"] == 1.0, name
     assert "| 64x64 | 4 |" in result.stdout
