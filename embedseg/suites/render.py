@@ -109,13 +109,17 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
     if not shown:  # nothing to draw yet
         return None
     scale = 100 if suite.percent else 1
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.2) if suite.figure == "ap_vs_time" else (7, 4.2))
     if suite.figure == "ap_vs_time":
+        # one colour per grouper, one marker per data set (the first word of the row's name)
+        groupers = list(dict.fromkeys(r.results[0]["grouper"] for r in shown))
+        data_sets = list(dict.fromkeys(r.name.split()[0] for r in shown))
         for r in shown:
             column = {c: (m, sd) for c, m, sd in zip(suite.columns, r.means, r.stds)}
             (ap, ap_std), (ms, ms_std) = column["AP"], column["group_ms_median"]
-            ax.errorbar([ms], [scale * ap], xerr=[ms_std or 0], yerr=[scale * (ap_std or 0)], fmt="o", capsize=3,
-                        label=r.name)
+            ax.errorbar([ms], [scale * ap], xerr=[ms_std or 0], yerr=[scale * (ap_std or 0)], capsize=3,
+                        color=f"C{groupers.index(r.results[0]['grouper']) % 10}", label=r.name,
+                        marker="osD^v<>"[data_sets.index(r.name.split()[0]) % 7], markersize=7)
         ax.set_xscale("log")
         ax.set_xlabel("grouping ms per image (median)")
     elif suite.figure == "iou":
@@ -136,10 +140,14 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
             ax.bar(np.arange(len(suite.columns)) + i * width, y, width, yerr=err, capsize=3,
                    label=f"{r.name} ({r.source})")
         ax.set_xticks(np.arange(len(suite.columns)) + 0.4 - width / 2, suite.columns)
-    ax.set_ylabel("percent" if suite.percent else "score")
+    unit = "percent" if suite.percent else "score"
+    ax.set_ylabel(f"COCO AP ({unit})" if suite.figure == "ap_vs_time" else unit)
     ax.set_title(f"{suite.name} ({budget} budget)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if suite.figure == "ap_vs_time":  # beside the plot: the points spread over all of it
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
