@@ -114,14 +114,14 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
         # one colour per grouper (an external row has none: its own), one marker per data set (the first
         # word of the row's name)
         grouper = {r.name: r.results[0].get("grouper", r.name) for r in shown}
-        groupers = list(dict.fromkeys(grouper.values()))
-        data_sets = list(dict.fromkeys(r.name.split()[0] for r in shown))
+        data_set = {r.name: r.name.split()[0] for r in shown}
+        groupers, data_sets = list(dict.fromkeys(grouper.values())), list(dict.fromkeys(data_set.values()))
         for r in shown:
             column = {c: (m, sd) for c, m, sd in zip(suite.columns, r.means, r.stds)}
             (ap, ap_std), (ms, ms_std) = column["AP"], column["group_ms_median"]
             ax.errorbar([ms], [scale * ap], xerr=[ms_std or 0], yerr=[scale * (ap_std or 0)], capsize=3,
                         color=f"C{groupers.index(grouper[r.name]) % 10}", label=r.name,
-                        marker="osD^v<>"[data_sets.index(r.name.split()[0]) % 7], markersize=7)
+                        marker="osD^v<>"[data_sets.index(data_set[r.name]) % 7], markersize=7)
         ax.set_xscale("log")
         ax.set_xlabel("grouping ms per image (median)")
     elif suite.figure == "iou":
