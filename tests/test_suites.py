@@ -2,11 +2,13 @@
 order, reference rows, mean ± std, missing runs); `reproduce` skips finished rows and continues an
 interrupted one, runs only the rows --rows names, trains a recipe once across suites and scores an
 external row's label images (perfect ones: AP 1.0; none: the row is missing; a wrong size: an error
-naming the file); `reproduce --budget smoke` runs every shipped suite end to end (real data)."""
+naming the file); `table --all` keeps the results of runs whose folders are gone; `reproduce --budget
+smoke` runs every shipped suite end to end (real data)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -24,7 +26,7 @@ from embedseg.engine.tuning import metric_family
 from embedseg.grouping import GROUPERS
 from embedseg.suites import load_suite, suite_names
 from embedseg.suites import reproduce as reproduce_module
-from embedseg.suites.render import collect, format_table
+from embedseg.suites.render import collect, experiments_markdown, format_table
 from embedseg.suites.reproduce import result_file, row_dir, row_overrides
 from embedseg.suites.spec import BUDGETS, EXPERIMENTS
 from embedseg.suites.training import recipe_key, training_recipe, training_seconds
@@ -76,6 +78,28 @@ def test_table_renders_references_mean_std_and_missing_rows(tmp_path):
     assert csv[0] == "method,source,AP,match_AP50,abs_DiC,seeds" and csv[3].endswith(",missing,missing,missing,0")
     tex = format_table(suite, collect(suite, "cpu", runs), "tex")
     assert r"62.0 $\pm$ 2.0" in tex and r"match\_AP50" in tex
+
+
+def test_table_all_keeps_the_results_of_runs_that_are_gone(tmp_path):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    suite = load_suite(tmp_path)
+    out = tmp_path / "repo" / "EXPERIMENTS.md"
+    first, second = tmp_path / "runs1", tmp_path / "runs2"
+    for seed, ap in enumerate([0.60, 0.62]):
+        fabricate(first, suite, suite.rows[0], seed, {"AP": ap, "match_AP50": 0.8, "abs_DiC": 1.0})
+    text = experiments_markdown([suite], "cpu", first, out)
+    assert "| ours A | ours (cpu) | 61.0 ± 1.4 | 80.0 ± 0.0 | 1.00 ± 0.00 | 2 |" in text
+    archive = out.parent / "experiments" / suite.name / "results" / "cpu"
+    assert sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*.json")) == \
+        ["ours_a/seed0.json", "ours_a/seed1.json"]
+    # the first runs folder is gone; a second one holds seed 1 again (run anew) and row B
+    fabricate(second, suite, suite.rows[0], 1, {"AP": 0.70, "match_AP50": 0.8, "abs_DiC": 1.0})
+    fabricate(second, suite, suite.rows[1], 0, {"AP": 0.50, "match_AP50": 0.7, "abs_DiC": 2.0})
+    shutil.rmtree(first)
+    text = experiments_markdown([suite], "cpu", second, out)
+    assert "| ours A | ours (cpu) | 65.0 ± 7.1 | 80.0 ± 0.0 | 1.00 ± 0.00 | 2 |" in text
+    assert "| ours B | ours (cpu) | 50.0 | 70.0 | 2.00 | 1 |" in text
+    assert json.loads((archive / "ours_a" / "seed1.json").read_text())["scores"]["AP"] == 0.70
 
 
 def tiny_suite(tmp_path):

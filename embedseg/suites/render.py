@@ -4,6 +4,12 @@ Reference rows (copied from the paper) come first, then ours: the mean +- std ov
 finished (the std only with more than one), the number of seeds in its own column. An external row
 (another program's label images, scored here: one run, no std) has the source "external". A row with
 no finished seed reads "missing", never a number.
+
+`table --all` renders from an archive kept beside the file it writes, not from the runs folder alone:
+`<out folder>/experiments/<suite>/results/<budget>/<row>/seed<k>.json`, a copy of each finished row's
+row_<row>.json. It copies there every result found under --runs first (replacing the copy of the same row
+and seed), so EXPERIMENTS.md keeps the rows of runs whose folders are gone, and the repository holds the
+record of every number it shows.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embedseg.evaluation.matching import COUNT_KEYS
-from embedseg.outputs import atomic_path
+from embedseg.outputs import atomic_path, write_text
 from embedseg.suites.reproduce import result_file, row_dir
 from embedseg.suites.spec import Suite
 
@@ -33,17 +39,44 @@ class RowResult:
     results: list  # the row_<row>.json of every finished seed
 
 
-def finished_results(suite: Suite, budget: str, runs: Path, row) -> list[dict]:
-    """The row_<row>.json of every finished seed of `row` (seed0, seed1, ... in order)."""
+def run_results(suite: Suite, budget: str, runs: Path, row) -> dict[int, Path]:
+    """Seed -> the row_<row>.json of every finished seed of `row` under `runs`."""
     folder = row_dir(runs, suite, budget, row, 0).parent
-    paths = sorted(folder.glob(f"seed*/{result_file(folder, row).name}"), key=lambda p: int(p.parent.name[4:]))
-    return [json.loads(p.read_text()) for p in paths]
+    return {int(p.parent.name[4:]): p for p in folder.glob(f"seed*/{result_file(folder, row).name}")}
 
 
-def collect(suite: Suite, budget: str, runs: Path) -> list[RowResult]:
+def archive_folder(root: Path, suite: Suite, budget: str) -> Path:
+    """Where `table --all` keeps a suite's results, beside the EXPERIMENTS.md in `root` (module docstring)."""
+    return Path(root) / "experiments" / suite.name / "results" / budget
+
+
+def archived_results(archive: Path, row) -> dict[int, Path]:
+    """Seed -> the copy of the row's result kept in `archive`."""
+    return {int(p.stem[4:]): p for p in (Path(archive) / row.slug).glob("seed*.json")}
+
+
+def archive_results(suite: Suite, budget: str, runs: Path, archive: Path) -> list[Path]:
+    """Copy every finished result of `suite` under `runs` into `archive` (the copy of the same row and seed
+    replaced); the copies written."""
+    written = []
+    for row in suite.rows:
+        for seed, path in sorted(run_results(suite, budget, runs, row).items()):
+            written.append(write_text(Path(archive) / row.slug / f"seed{seed}.json", path.read_text()))
+    return written
+
+
+def finished_results(suite: Suite, budget: str, runs: Path, row, archive: Path | None = None) -> list[dict]:
+    """The result of every finished seed of `row`, in seed order: the run's under `runs`, else the copy kept
+    in `archive` (when given)."""
+    paths = {**(archived_results(archive, row) if archive is not None else {}), **run_results(suite, budget, runs, row)}
+    return [json.loads(paths[seed].read_text()) for seed in sorted(paths)]
+
+
+def collect(suite: Suite, budget: str, runs: Path, archive: Path | None = None) -> list[RowResult]:
+    """The table's rows: references, then ours from the finished results under `runs` (and in `archive`)."""
     rows = [RowResult(r.name, "paper", list(r.values), [None] * len(r.values), None, []) for r in suite.references]
     for row in suite.rows:
-        results = finished_results(suite, budget, runs, row)
+        results = finished_results(suite, budget, runs, row, archive)
         means, stds = [], []
         for column in suite.columns:
             values = np.array([r["scores"].get(column, np.nan) for r in results], dtype=float)
@@ -157,9 +190,8 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
     return path
 
 
-def suite_section(suite: Suite, budget: str, runs: Path, figure: Path | None, link_from: Path) -> str:
+def suite_section(suite: Suite, budget: str, rows: list[RowResult], figure: Path | None, link_from: Path) -> str:
     """One suite's part of EXPERIMENTS.md: caption, provenance of our rows, the table, the figure."""
-    rows = collect(suite, budget, runs)
     ours = [res for r in rows for res in r.results]
     dates = sorted({res["date"] for res in ours})
     commits = sorted({res["commit"] for res in ours})
@@ -178,12 +210,16 @@ def suite_section(suite: Suite, budget: str, runs: Path, figure: Path | None, li
 
 
 def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path) -> str:
-    """EXPERIMENTS.md: every suite's section, its figure drawn to experiments/<suite>/results_<budget>.png
-    beside `out`."""
-    full = any(r.results for suite in suites for r in collect(suite, "full", runs))
+    """EXPERIMENTS.md: every suite's section from its results archived beside `out` (after copying there
+    those under `runs`), its figure drawn to experiments/<suite>/results_<budget>.png beside `out`."""
+    for suite in suites:
+        archive_results(suite, budget, runs, archive_folder(out.parent, suite, budget))
+    full = any(r.results for suite in suites
+               for r in collect(suite, "full", runs, archive_folder(out.parent, suite, "full")))
     sections = ["# Experiments", "",
                 (f"Every table below is written by `embedseg table --all --budget {budget}` from the finished runs "
-                "of `embedseg reproduce` (nothing here is typed by hand). Reference rows are the papers' numbers "
+                f"of `embedseg reproduce`, as kept in experiments/<suite>/results/{budget}/ (a copy of each run's "
+                "row_<row>.json, so a row outlives its run folder; nothing here is typed by hand). Reference rows are the papers' numbers "
                 "on their splits and hardware; ours are means ± std over the seeds that finished, on our splits, "
                 "with grouping parameters chosen on the tune split (carved from train) and scores on val; external "
                 "rows are another program's predictions made on the same machine and scored here (one run); "
@@ -192,7 +228,7 @@ def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path
         sections += [("No suite has been run at the `full` budget (the papers' recipes, meant for a GPU): no GPU "
                      "was available to the runs recorded here."), ""]
     for suite in suites:
-        rows = collect(suite, budget, runs)
+        rows = collect(suite, budget, runs, archive_folder(out.parent, suite, budget))
         figure = draw_figure(suite, rows, out.parent / "experiments" / suite.name / f"results_{budget}.png", budget)
-        sections.append(suite_section(suite, budget, runs, figure, out.parent))
+        sections.append(suite_section(suite, budget, rows, figure, out.parent))
     return "\n".join(sections)
