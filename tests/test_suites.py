@@ -333,6 +333,7 @@ def test_reproduce_smoke_runs_every_shipped_suite_end_to_end(name, shared_data, 
     for row in suite.rows:
         result = json.loads(result_file(row_dir(runs, suite, "smoke", row, 0), row).read_text())
         assert set(suite.columns) <= set(result["scores"]) and result["split"] == "val"
+        assert (EXPERIMENTS / result["config"]).resolve() == row.config_for("smoke")  # no folder of this machine
         if row.external:
             assert all(result["scores"][column] == 1.0 for column in suite.columns)
     assert main(["table", name, "--budget", "smoke", "--runs", str(runs)]) == 0

@@ -32,7 +32,7 @@ from embedseg.engine.trainer import train
 from embedseg.engine.tuning import tune_run, tuned_groupers
 from embedseg.outputs import write_json
 from embedseg.suites.external import LABELS_DIR, labels_present, read_timing, score_labels
-from embedseg.suites.spec import Row, Suite
+from embedseg.suites.spec import EXPERIMENTS, Row, Suite
 from embedseg.suites.training import (
     find_training,
     finished_training,
@@ -112,7 +112,7 @@ def run_row(suite: Suite, row: Row, budget: str, seed: int, runs: Path) -> dict:
               "scores": results[row.grouper], "grouping": config.grouping[row.grouper],
               "tuned_by": {"metric": suite.tune_metric, "trials": suite.budget_trials(budget)}, "seconds": seconds,
               "network": {"trained_in": training["trained_in"], "recipe_key": training["key"]},
-              "config": str(row.config_for(budget)), "overrides": row_overrides(suite, row, budget, seed),
+              "config": config_name(row.config_for(budget)), "overrides": row_overrides(suite, row, budget, seed),
               "evaluate": evaluate, **provenance()}
     write_json(result_file(run_dir, row), result, indent=2)
     return result
@@ -153,7 +153,7 @@ def score_external_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> di
     result = {"suite": suite.name, "row": row.name, "budget": budget, "seed": 0, "external": True,
               "labels": str(labels), "split": config.eval.split, "images": len(names), "split_images": split_images,
               "scores": {**scores, **ms}, "seconds": {**seconds, "evaluate": time.perf_counter() - start},
-              "config": str(row.config_for(budget)), "overrides": overrides, **provenance()}
+              "config": config_name(row.config_for(budget)), "overrides": overrides, **provenance()}
     write_json(result_file(run_dir, row), result, indent=2)
     return result
 
@@ -172,6 +172,12 @@ def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> list[str]:
         log.info("%s: %r: tuning %s on the tune split", suite.name, row.name, row.grouper)
         tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate)
     return evaluate
+
+
+def config_name(path: Path) -> str:
+    """A row's config as its result records it: relative to experiments/ for a shipped one, so that the
+    results kept in the repository (embedseg.suites.render) name no folder of the machine that made them."""
+    return path.relative_to(EXPERIMENTS).as_posix() if path.is_relative_to(EXPERIMENTS) else str(path)
 
 
 def provenance() -> dict:
