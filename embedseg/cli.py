@@ -178,12 +178,14 @@ def cmd_reproduce(args) -> int:
     again = f"embedseg reproduce {args.suite} --budget {args.budget} --seeds {args.seeds} --runs {args.runs}"
     if args.rows is not None:
         again += f" --rows {shlex.quote(args.rows)}"
+    if args.skip_kept:
+        again += " --skip-kept"
     try:
-        reproduce(suite, args.budget, args.seeds, Path(args.runs), args.rows)
+        reproduce(suite, args.budget, args.seeds, Path(args.runs), args.rows, args.skip_kept)
     except TrainingInterrupted as e:  # the row's last.pt was saved: the same command continues it
         print(f"embedseg reproduce: {e}; continue with: {again}", file=sys.stderr)
         return e.exit_status
-    print(f"\n{suite.title} ({args.budget} budget)\n\n{format_table(suite, collect(suite, args.budget, Path(args.runs)))}")
+    print(f"\n{suite.title} ({args.budget} budget)\n\n{format_table(suite, collect(suite, args.budget, Path(args.runs), args.skip_kept))}")
     return 0
 
 
@@ -382,10 +384,14 @@ def add_suite_commands(sub) -> None:
     p.add_argument("--runs", default="runs", help="where the rows' runs go: <runs>/<suite>/<budget>/<row>/seed<k>")
     p.add_argument("--rows", help="only the rows whose name contains this text (case-insensitive), e.g. "
                                   "--rows spatial; the table still shows every row")
+    p.add_argument("--skip-kept", action="store_true", help="count a (row, seed) whose result `table --all` kept in "
+                                                            "experiments/<suite>/results/<budget>/ as finished")
     p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("table", help="a suite's table and figure from its finished runs; --all writes EXPERIMENTS.md")
     p.add_argument("suite", nargs="?", help="suite name or path to a suite.yaml")
-    p.add_argument("--all", action="store_true", help="every shipped suite into --out (EXPERIMENTS.md)")
+    p.add_argument("--all", action="store_true", help="every shipped suite into --out (EXPERIMENTS.md), from the results "
+                                                          "kept in experiments/<suite>/results/ after keeping there "
+                                                          "those under --runs")
     p.add_argument("--budget", default="cpu", choices=BUDGETS)
     p.add_argument("--format", default="md", help="md (default), csv or tex")
     p.add_argument("--runs", default="runs", help="the runs folder `reproduce` wrote (default runs)")

@@ -2,8 +2,9 @@
 order, reference rows, mean ± std, missing runs); `reproduce` skips finished rows and continues an
 interrupted one, runs only the rows --rows names, trains a recipe once across suites and scores an
 external row's label images (perfect ones: AP 1.0; none: the row is missing; a wrong size: an error
-naming the file); `table --all` keeps the results of runs whose folders are gone; `reproduce --budget
-smoke` runs every shipped suite end to end (real data)."""
+naming the file); `table --all` keeps the results of runs whose folders are gone and `reproduce
+--skip-kept` runs only the seeds not kept; `reproduce --budget smoke` runs every shipped suite end to
+end (real data)."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ from embedseg.grouping import GROUPERS
 from embedseg.suites import load_suite, suite_names
 from embedseg.suites import reproduce as reproduce_module
 from embedseg.suites.render import collect, experiments_markdown, format_table
-from embedseg.suites.reproduce import result_file, row_dir, row_overrides
+from embedseg.suites.reproduce import keep_results, result_file, row_dir, row_overrides
 from embedseg.suites.spec import BUDGETS, EXPERIMENTS
 from embedseg.suites.training import recipe_key, training_recipe, training_seconds
 
@@ -89,8 +90,8 @@ def test_table_all_keeps_the_results_of_runs_that_are_gone(tmp_path):
         fabricate(first, suite, suite.rows[0], seed, {"AP": ap, "match_AP50": 0.8, "abs_DiC": 1.0})
     text = experiments_markdown([suite], "cpu", first, out)
     assert "| ours A | ours (cpu) | 61.0 ± 1.4 | 80.0 ± 0.0 | 1.00 ± 0.00 | 2 |" in text
-    archive = out.parent / "experiments" / suite.name / "results" / "cpu"
-    assert sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*.json")) == \
+    kept = tmp_path / "results" / "cpu"  # beside the suite.yaml
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*.json")) == \
         ["ours_a/seed0.json", "ours_a/seed1.json"]
     # the first runs folder is gone; a second one holds seed 1 again (run anew) and row B
     fabricate(second, suite, suite.rows[0], 1, {"AP": 0.70, "match_AP50": 0.8, "abs_DiC": 1.0})
@@ -99,7 +100,23 @@ def test_table_all_keeps_the_results_of_runs_that_are_gone(tmp_path):
     text = experiments_markdown([suite], "cpu", second, out)
     assert "| ours A | ours (cpu) | 65.0 ± 7.1 | 80.0 ± 0.0 | 1.00 ± 0.00 | 2 |" in text
     assert "| ours B | ours (cpu) | 50.0 | 70.0 | 2.00 | 1 |" in text
-    assert json.loads((archive / "ours_a" / "seed1.json").read_text())["scores"]["AP"] == 0.70
+    assert json.loads((kept / "ours_a" / "seed1.json").read_text())["scores"]["AP"] == 0.70
+    # `table SUITE` shows the runs folder alone
+    assert "| ours A | ours (cpu) | 70.0 |" in format_table(suite, collect(suite, "cpu", second))
+
+
+def test_reproduce_skip_kept_runs_only_the_seeds_not_kept(tmp_path, monkeypatch):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    suite = load_suite(tmp_path)
+    fabricate(tmp_path / "old_runs", suite, suite.rows[0], 0, {"AP": 0.6, "match_AP50": 0.8, "abs_DiC": 1.0})
+    keep_results(suite, "cpu", tmp_path / "old_runs")
+    ran = []
+    monkeypatch.setattr(reproduce_module, "run_row", lambda suite, row, budget, seed, runs: ran.append((row.name, seed)))
+    reproduce_module.reproduce(suite, "cpu", 2, tmp_path / "runs", skip_kept=True)
+    assert ran == [("ours A", 1), ("ours B", 0), ("ours B", 1)]
+    ran.clear()
+    reproduce_module.reproduce(suite, "cpu", 2, tmp_path / "runs")
+    assert ran == [("ours A", 0), ("ours A", 1), ("ours B", 0), ("ours B", 1)]
 
 
 def tiny_suite(tmp_path):

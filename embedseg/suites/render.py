@@ -5,11 +5,9 @@ finished (the std only with more than one), the number of seeds in its own colum
 (another program's label images, scored here: one run, no std) has the source "external". A row with
 no finished seed reads "missing", never a number.
 
-`table --all` renders from an archive kept beside the file it writes, not from the runs folder alone:
-`<out folder>/experiments/<suite>/results/<budget>/<row>/seed<k>.json`, a copy of each finished row's
-row_<row>.json. It copies there every result found under --runs first (replacing the copy of the same row
-and seed), so EXPERIMENTS.md keeps the rows of runs whose folders are gone, and the repository holds the
-record of every number it shows.
+`table --all` renders from the results kept beside each suite.yaml (embedseg.suites.reproduce.keep_results,
+after copying there those under --runs), not from the runs folder alone: EXPERIMENTS.md keeps the rows of
+runs whose folders are gone, and the repository holds the record of every number it shows.
 """
 from __future__ import annotations
 
@@ -21,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from embedseg.evaluation.matching import COUNT_KEYS
-from embedseg.outputs import atomic_path, write_text
-from embedseg.suites.reproduce import result_file, row_dir
+from embedseg.outputs import atomic_path
+from embedseg.suites.reproduce import keep_results, kept_results, run_results
 from embedseg.suites.spec import Suite
 
 FORMATS = ("md", "csv", "tex")
@@ -39,44 +37,19 @@ class RowResult:
     results: list  # the row_<row>.json of every finished seed
 
 
-def run_results(suite: Suite, budget: str, runs: Path, row) -> dict[int, Path]:
-    """Seed -> the row_<row>.json of every finished seed of `row` under `runs`."""
-    folder = row_dir(runs, suite, budget, row, 0).parent
-    return {int(p.parent.name[4:]): p for p in folder.glob(f"seed*/{result_file(folder, row).name}")}
-
-
-def archive_folder(root: Path, suite: Suite, budget: str) -> Path:
-    """Where `table --all` keeps a suite's results, beside the EXPERIMENTS.md in `root` (module docstring)."""
-    return Path(root) / "experiments" / suite.name / "results" / budget
-
-
-def archived_results(archive: Path, row) -> dict[int, Path]:
-    """Seed -> the copy of the row's result kept in `archive`."""
-    return {int(p.stem[4:]): p for p in (Path(archive) / row.slug).glob("seed*.json")}
-
-
-def archive_results(suite: Suite, budget: str, runs: Path, archive: Path) -> list[Path]:
-    """Copy every finished result of `suite` under `runs` into `archive` (the copy of the same row and seed
-    replaced); the copies written."""
-    written = []
-    for row in suite.rows:
-        for seed, path in sorted(run_results(suite, budget, runs, row).items()):
-            written.append(write_text(Path(archive) / row.slug / f"seed{seed}.json", path.read_text()))
-    return written
-
-
-def finished_results(suite: Suite, budget: str, runs: Path, row, archive: Path | None = None) -> list[dict]:
-    """The result of every finished seed of `row`, in seed order: the run's under `runs`, else the copy kept
-    in `archive` (when given)."""
-    paths = {**(archived_results(archive, row) if archive is not None else {}), **run_results(suite, budget, runs, row)}
+def finished_results(suite: Suite, budget: str, runs: Path, row, kept: bool = False) -> list[dict]:
+    """The result of every finished seed of `row`, in seed order: the run's under `runs`, else (with `kept`)
+    the copy kept beside the suite.yaml."""
+    paths = {**(kept_results(suite, budget, row) if kept else {}), **run_results(suite, budget, runs, row)}
     return [json.loads(paths[seed].read_text()) for seed in sorted(paths)]
 
 
-def collect(suite: Suite, budget: str, runs: Path, archive: Path | None = None) -> list[RowResult]:
-    """The table's rows: references, then ours from the finished results under `runs` (and in `archive`)."""
+def collect(suite: Suite, budget: str, runs: Path, kept: bool = False) -> list[RowResult]:
+    """The table's rows: references, then ours from the finished results under `runs` (and, with `kept`,
+    those kept beside the suite.yaml)."""
     rows = [RowResult(r.name, "paper", list(r.values), [None] * len(r.values), None, []) for r in suite.references]
     for row in suite.rows:
-        results = finished_results(suite, budget, runs, row, archive)
+        results = finished_results(suite, budget, runs, row, kept)
         means, stds = [], []
         for column in suite.columns:
             values = np.array([r["scores"].get(column, np.nan) for r in results], dtype=float)
@@ -210,12 +183,11 @@ def suite_section(suite: Suite, budget: str, rows: list[RowResult], figure: Path
 
 
 def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path) -> str:
-    """EXPERIMENTS.md: every suite's section from its results archived beside `out` (after copying there
-    those under `runs`), its figure drawn to experiments/<suite>/results_<budget>.png beside `out`."""
+    """EXPERIMENTS.md: every suite's section from its kept results (after keeping those under `runs`), its
+    figure drawn to experiments/<suite>/results_<budget>.png beside `out`."""
     for suite in suites:
-        archive_results(suite, budget, runs, archive_folder(out.parent, suite, budget))
-    full = any(r.results for suite in suites
-               for r in collect(suite, "full", runs, archive_folder(out.parent, suite, "full")))
+        keep_results(suite, budget, runs)
+    full = any(r.results for suite in suites for r in collect(suite, "full", runs, kept=True))
     sections = ["# Experiments", "",
                 (f"Every table below is written by `embedseg table --all --budget {budget}` from the finished runs "
                 f"of `embedseg reproduce`, as kept in experiments/<suite>/results/{budget}/ (a copy of each run's "
@@ -228,7 +200,7 @@ def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path
         sections += [("No suite has been run at the `full` budget (the papers' recipes, meant for a GPU): no GPU "
                      "was available to the runs recorded here."), ""]
     for suite in suites:
-        rows = collect(suite, budget, runs, archive_folder(out.parent, suite, budget))
+        rows = collect(suite, budget, runs, kept=True)
         figure = draw_figure(suite, rows, out.parent / "experiments" / suite.name / f"results_{budget}.png", budget)
         sections.append(suite_section(suite, budget, rows, figure, out.parent))
     return "\n".join(sections)

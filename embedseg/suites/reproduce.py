@@ -8,6 +8,11 @@ checkpoints/last.pt when it stopped part-way; not done at all when a finished ru
 that grouper on val with the tuned parameters, which writes row_<row>.json. A row with its row_<row>.json
 is finished and never retrained, so a second call continues where the first stopped.
 
+`embedseg table --all` keeps a copy of each finished result beside the suite.yaml, in
+`experiments/<suite>/results/<budget>/<row>/seed<k>.json` (keep_results), where it outlives the runs
+folder; with `skip_kept` a (row, seed) kept there counts as finished too, so a new runs folder runs only
+the seeds the suite has no result for.
+
 An external row (`external: true`) has one seed and no network: it scores the label images another
 program wrote into `<run dir>/labels/` (embedseg.suites.external) and is left missing until they are there.
 """
@@ -30,7 +35,7 @@ from embedseg.engine.metrics_file import record_scores
 from embedseg.engine.run import load_run
 from embedseg.engine.trainer import train
 from embedseg.engine.tuning import tune_run, tuned_groupers
-from embedseg.outputs import write_json
+from embedseg.outputs import write_json, write_text
 from embedseg.suites.external import LABELS_DIR, labels_present, read_timing, score_labels
 from embedseg.suites.spec import EXPERIMENTS, Row, Suite
 from embedseg.suites.training import (
@@ -54,6 +59,29 @@ def result_file(run_dir: Path, row: Row) -> Path:
     return run_dir / f"row_{row.slug}.json"
 
 
+def run_results(suite: Suite, budget: str, runs: Path, row: Row) -> dict[int, Path]:
+    """Seed -> the row_<row>.json of every finished seed of `row` under `runs`."""
+    folder = row_dir(runs, suite, budget, row, 0).parent
+    return {int(p.parent.name[4:]): p for p in folder.glob(f"seed*/{result_file(folder, row).name}")}
+
+
+def kept_dir(suite: Suite, budget: str) -> Path:
+    """Where the suite's finished results are kept (module docstring): beside its suite.yaml."""
+    return suite.folder / "results" / budget
+
+
+def kept_results(suite: Suite, budget: str, row: Row) -> dict[int, Path]:
+    """Seed -> the kept copy of the row's result."""
+    return {int(p.stem[4:]): p for p in (kept_dir(suite, budget) / row.slug).glob("seed*.json")}
+
+
+def keep_results(suite: Suite, budget: str, runs: Path) -> list[Path]:
+    """Keep a copy of every finished result of `suite` under `runs` (replacing the kept copy of the same
+    row and seed); the copies written."""
+    return [write_text(kept_dir(suite, budget) / row.slug / f"seed{seed}.json", path.read_text())
+            for row in suite.rows for seed, path in sorted(run_results(suite, budget, runs, row).items())]
+
+
 def row_overrides(suite: Suite, row: Row, budget: str, seed: int) -> list[str]:
     """The --set overrides that make the row's config this suite row at this budget and seed (the
     budget's last: a smoke budget shrinks whatever the row sets)."""
@@ -71,18 +99,23 @@ def select_rows(suite: Suite, rows: str | None) -> list[Row]:
     return chosen
 
 
-def reproduce(suite: Suite, budget: str, seeds: int, runs: Path, rows: str | None = None) -> list[Path]:
+def reproduce(suite: Suite, budget: str, seeds: int, runs: Path, rows: str | None = None,
+              skip_kept: bool = False) -> list[Path]:
     """Run every unfinished (row, seed) of `suite` at `budget` (only the rows whose name contains `rows`,
-    when given); the run directories of those rows."""
+    when given; with `skip_kept`, a kept result counts as finished); the run directories of those rows."""
     done = []
     for row in select_rows(suite, rows):
         if row.config_for(budget) is None:
             log.info("%s: %r has no config for the %s budget; skipped", suite.name, row.name, budget)
             continue
+        kept = kept_results(suite, budget, row) if skip_kept else {}
         for seed in range(1 if row.external else seeds):
             run_dir = row_dir(runs, suite, budget, row, seed)
             if result_file(run_dir, row).is_file():
                 log.info("%s: %r seed %d is finished (%s)", suite.name, row.name, seed, result_file(run_dir, row))
+            elif seed in kept:
+                log.info("%s: %r seed %d is kept (%s)", suite.name, row.name, seed, kept[seed])
+                continue
             elif row.external:
                 score_external_row(suite, row, budget, run_dir)
             else:
