@@ -185,7 +185,8 @@ def cmd_reproduce(args) -> int:
     except TrainingInterrupted as e:  # the row's last.pt was saved: the same command continues it
         print(f"embedseg reproduce: {e}; continue with: {again}", file=sys.stderr)
         return e.exit_status
-    print(f"\n{suite.title} ({args.budget} budget)\n\n{format_table(suite, collect(suite, args.budget, Path(args.runs), args.skip_kept))}")
+    rows = collect(suite, args.budget, Path(args.runs), kept=args.skip_kept)
+    print(f"\n{suite.title} ({args.budget} budget)\n\n{format_table(suite, rows)}")
     return 0
 
 

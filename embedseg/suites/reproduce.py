@@ -209,7 +209,7 @@ def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> list[str]:
 
 def config_name(path: Path) -> str:
     """A row's config as its result records it: relative to experiments/ for a shipped one, so that the
-    results kept in the repository (embedseg.suites.render) name no folder of the machine that made them."""
+    results kept in the repository (keep_results) name no folder of the machine that made them."""
     return path.relative_to(EXPERIMENTS).as_posix() if path.is_relative_to(EXPERIMENTS) else str(path)
 
 
