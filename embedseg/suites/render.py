@@ -191,11 +191,11 @@ def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path
     sections = ["# Experiments", "",
                 (f"Every table below is written by `embedseg table --all --budget {budget}` from the finished runs "
                 f"of `embedseg reproduce`, as kept in experiments/<suite>/results/{budget}/ (a copy of each run's "
-                "row_<row>.json, so a row outlives its run folder; nothing here is typed by hand). Reference rows are the papers' numbers "
-                "on their splits and hardware; ours are means ± std over the seeds that finished, on our splits, "
-                "with grouping parameters chosen on the tune split (carved from train) and scores on val; external "
-                "rows are another program's predictions made on the same machine and scored here (one run); "
-                "`missing` marks a row not run yet."), ""]
+                "row_<row>.json, so a row outlives its run folder; nothing here is typed by hand). Reference rows "
+                "are the papers' numbers on their splits and hardware; ours are means ± std over the seeds that "
+                "finished, on our splits, with grouping parameters chosen on the tune split (carved from train) and "
+                "scores on val; external rows are another program's predictions made on the same machine and scored "
+                "here (one run); `missing` marks a row not run yet."), ""]
     if not full:
         sections += [("No suite has been run at the `full` budget (the papers' recipes, meant for a GPU): no GPU "
                      "was available to the runs recorded here."), ""]
