@@ -154,6 +154,8 @@ def draw_figure(suite: Suite, rows: list[RowResult], path: Path, budget: str) ->
     ax.grid(alpha=0.3)
     if suite.figure == "ap_vs_time":  # beside the plot: the points spread over all of it
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    elif suite.figure == "bars":  # below the plot: bars fill it to the top
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     else:
         ax.legend(fontsize=7)
     fig.tight_layout()
