@@ -1,6 +1,7 @@
 """Paper-table suites: every shipped suite resolves; tables render from fabricated results (column
 order, reference rows, mean ± std, missing runs); `reproduce` skips finished rows and continues an
-interrupted one, runs only the rows --rows names, trains a recipe once across suites and scores an
+interrupted one, runs only the rows --rows names, trains a recipe once across suites, copies the same
+tuning search on the same network instead of running it again, and scores an
 external row's label images (perfect ones: AP 1.0; none: the row is missing; a wrong size: an error
 naming the file); `table --all` keeps the results of runs whose folders are gone and `reproduce
 --skip-kept` runs only the seeds not kept; `reproduce --budget smoke` runs every shipped suite end to
@@ -256,6 +257,35 @@ def test_reproduce_trains_a_recipe_once_across_suites(tmp_path, monkeypatch, cap
     assert json.loads((dim8 / "training.json").read_text())["key"] != record["key"]
     assert json.loads(result_file(reused, second.rows[0]).read_text())["network"]["trained_in"] == record["trained_in"]
     assert any("first/smoke/components/seed0" in r.getMessage() and "reused" in r.getMessage() for r in caplog.records)
+
+
+def test_reproduce_copies_the_same_search_on_the_same_network(tmp_path, monkeypatch, caplog):
+    first, second = (quickstart_suite(tmp_path / name, [("components", "components", [])], "AP")
+                     for name in ("first", "second"))
+    runs, tuned = tmp_path / "runs", []
+    real_tune = reproduce_module.tune_run
+    caplog.set_level("INFO", logger="embedseg")
+
+    def counting_tune(run_dir, *args, **kwargs):
+        tuned.append(run_dir)
+        return real_tune(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "tune_run", counting_tune)
+    args = ["--budget", "smoke", "--seeds", "1", "--runs", str(runs)]
+    assert main(["reproduce", str(first.folder), *args]) == 0
+    assert main(["reproduce", str(second.folder), *args]) == 0
+    source, copy = row_dir(runs, first, "smoke", first.rows[0], 0), row_dir(runs, second, "smoke", second.rows[0], 0)
+    assert tuned == [source]
+    source_tuned, copy_tuned = (yaml.safe_load((d / "tuned.yaml").read_text()) for d in (source, copy))
+    assert copy_tuned["grouping"] == source_tuned["grouping"]
+    assert copy_tuned["tuned"]["components"]["copied_from"] == str(source)
+    assert copy_tuned["tuned"]["components"]["key"] == source_tuned["tuned"]["components"]["key"]
+    trials = [json.loads((d / "tune.json").read_text())["components"]["trials"] for d in (source, copy)]
+    assert trials[0] == trials[1] and trials[0]
+    scores = [json.loads(result_file(d, row).read_text())["scores"] for d, row in ((source, first.rows[0]),
+                                                                                 (copy, second.rows[0]))]
+    assert scores[0]["AP"] == scores[1]["AP"]
+    assert any("copied from" in r.getMessage() for r in caplog.records)
 
 
 def external_suite(tmp_path, sizes=((40, 48), (32, 32))):

@@ -9,10 +9,14 @@ parameters and the `search_space` of each post-processing step in the block's ch
 ascent from the config's block: each parameter in turn takes every value of its axis with the
 others held at the best setting so far; rounds repeat until one changes nothing or `trials`
 distinct settings have been scored. Every grouper gets the same `trials`.
+
+tune.json records per grouper a `key` (tuning_key): a hash of everything its trials depend on, so
+that the same search on the same network elsewhere (embedseg.suites.reproduce) is copied, not run again.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import tempfile
@@ -24,7 +28,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from embedseg.config import read_yaml, spatial_embedding
+from embedseg.config import Config, read_yaml, resolved_dict, spatial_embedding
 from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.output_cache import cache_outputs
@@ -141,6 +145,16 @@ def start_block(name: str, block: dict | None) -> dict:
     return block
 
 
+def tuning_key(config: Config, name: str, metric: str, trials: int) -> str:
+    """What the trials of tuning grouper `name` depend on besides the weights, hashed: the run's
+    resolved config (its name aside, of the grouping blocks only `name`'s), the metric and the trials."""
+    setup = resolved_dict(config)
+    del setup["name"]
+    setup["grouping"] = {name: setup["grouping"].get(name)}
+    search = {"config": setup, "grouper": name, "metric": metric, "trials": trials}
+    return hashlib.sha256(json.dumps(search, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_tuned(run_dir: Path) -> dict:
     """The run's tuned.yaml ({} when it has none)."""
     path = Path(run_dir) / TUNED_FILE
@@ -182,27 +196,38 @@ def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 
                                        config.eval.oracle)
             results[name] = (tried[0], best, tried)
     tuned_on = {"split": TUNE_SPLIT, "images": len(dataset), "data_tune": config.data.tune, "oracle": config.eval.oracle,
-                "metric": metric,
-                "trials": trials, "checkpoint": find_checkpoint(run_dir).name, "step": ckpt.get("step")}
+                "metric": metric, "trials": trials, "checkpoint": find_checkpoint(run_dir).name, "step": ckpt.get("step")}
     if write:
-        write_tuned(run_dir, results, tuned_on)
+        write_tuned(run_dir, results, {name: {**tuned_on, "key": tuning_key(config, name, metric, trials)}
+                                       for name in results})
     return results
 
 
-def write_tuned(run_dir: Path, results: dict, tuned_on: dict) -> None:
-    """Merge the chosen blocks into tuned.yaml and the trials into tune.json."""
+def write_tuned(run_dir: Path, results: dict, tuned_on: dict[str, dict]) -> None:
+    """Merge the chosen blocks into tuned.yaml and the trials into tune.json (`tuned_on`: per grouper,
+    what it was tuned on)."""
     tuned = read_tuned(run_dir)
     trials_path = run_dir / "tune.json"
     trials = json.loads(trials_path.read_text()) if trials_path.is_file() else {}
     for name, (first, best, tried) in results.items():
         tuned.setdefault("grouping", {})[name] = best.block
-        tuned.setdefault("tuned", {})[name] = {**tuned_on, "config_score": first.score, "tuned_score": best.score,
+        tuned.setdefault("tuned", {})[name] = {**tuned_on[name], "config_score": first.score, "tuned_score": best.score,
                                                "trials_scored": len(tried)}
-        trials[name] = {**tuned_on, "trials": [{"block": t.block, "score": t.score} for t in tried]}
+        trials[name] = {**tuned_on[name], "trials": [{"block": t.block, "score": t.score} for t in tried]}
     write_json(trials_path, trials, indent=1)
     header = ("# Grouping parameters chosen by `embedseg tune` on the tune split (carved from train, never\n"
               "# trained on); evaluate, compare-grouping and predict use them (--untuned: the config's own).\n")
     write_text(run_dir / TUNED_FILE, header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None))
+
+
+def copy_tuning(source: Path, run_dir: Path, name: str) -> None:
+    """Give run `run_dir` the tuning of grouper `name` that run `source` holds (its tuned.yaml block and
+    tune.json trials), as if tuned there: for the same search on the same network (tuning_key)."""
+    tuned = read_tuned(source)
+    tried = [Trial(t["block"], t["score"]) for t in json.loads((source / "tune.json").read_text())[name]["trials"]]
+    best = next(t for t in tried if t.block == tuned["grouping"][name])
+    tuned_on = {k: v for k, v in tuned["tuned"][name].items() if k not in ("config_score", "tuned_score", "trials_scored")}
+    write_tuned(run_dir, {name: (tried[0], best, tried)}, {name: {**tuned_on, "copied_from": str(source)}})
 
 
 def format_tuning(results: dict, metric: str) -> str:

@@ -4,7 +4,8 @@ Each (row, seed) runs in `<runs>/<suite>/<budget>/<run>/seed<k>` (rows that name
 its network) through three steps, each skipped when its output is there: training (resumed from
 checkpoints/last.pt when it stopped part-way; not done at all when a finished run of any suite under
 `<runs>` at this budget trained the same recipe, whose network is then linked in: embedseg.suites.training),
-`embedseg tune` of the row's grouper on the config's tune split (into tuned.yaml), and the evaluation of
+`embedseg tune` of the row's grouper on the config's tune split (into tuned.yaml; copied from a run of
+another suite with the same network when that one ran the same search: find_tuning), and the evaluation of
 that grouper on val with the tuned parameters, which writes row_<row>.json. A row with its row_<row>.json
 is finished and never retrained, so a second call continues where the first stopped.
 
@@ -32,13 +33,14 @@ import embedseg
 from embedseg.config import load_config
 from embedseg.engine.evaluator import compare_groupers
 from embedseg.engine.metrics_file import record_scores
-from embedseg.engine.run import load_run
+from embedseg.engine.run import TUNED_FILE, load_run
 from embedseg.engine.trainer import train
-from embedseg.engine.tuning import tune_run, tuned_groupers
+from embedseg.engine.tuning import copy_tuning, read_tuned, tune_run, tuned_groupers, tuning_key
 from embedseg.outputs import write_json, write_text
 from embedseg.suites.external import LABELS_DIR, labels_present, read_timing, score_labels
 from embedseg.suites.spec import EXPERIMENTS, Row, Suite
 from embedseg.suites.training import (
+    TRAINING_FILE,
     find_training,
     finished_training,
     recipe_key,
@@ -131,7 +133,7 @@ def run_row(suite: Suite, row: Row, budget: str, seed: int, runs: Path) -> dict:
     training = train_row(suite, row, budget, seed, runs, config)
     seconds = {"train": training["seconds"]}
     start = time.perf_counter()
-    evaluate = tune_row(suite, row, budget, run_dir)
+    evaluate = tune_row(suite, row, budget, run_dir, runs)
     seconds["tune"] = time.perf_counter() - start
     start = time.perf_counter()
     config, model, ckpt = load_run(run_dir, evaluate)
@@ -191,7 +193,7 @@ def score_external_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> di
     return result
 
 
-def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> list[str]:
+def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path, runs: Path) -> list[str]:
     """Tune the row's grouper on the tune split (into the run's tuned.yaml, unless already there); the
     overrides its evaluation runs with. A row with its own `evaluate` overrides (an ablation) keeps
     its choice to itself: it goes into those overrides, not into tuned.yaml."""
@@ -202,9 +204,32 @@ def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> list[str]:
         best = tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate, write=False)
         return [*evaluate, f"grouping.{row.grouper}={json.dumps(best[row.grouper][1].block)}"]
     if row.grouper not in tuned_groupers(run_dir):
-        log.info("%s: %r: tuning %s on the tune split", suite.name, row.name, row.grouper)
-        tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate)
+        key = tuning_key(load_config(run_dir / "config.yaml", evaluate), row.grouper, suite.tune_metric, trials)
+        source = find_tuning(runs, budget, run_dir, row.grouper, key)
+        if source is not None:
+            log.info("%s: %r: tuning of %s copied from %s (same network and search)", suite.name, row.name,
+                     row.grouper, source)
+            copy_tuning(source, run_dir, row.grouper)
+        else:
+            log.info("%s: %r: tuning %s on the tune split", suite.name, row.name, row.grouper)
+            tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate)
     return evaluate
+
+
+def find_tuning(runs: Path, budget: str, run_dir: Path, name: str, key: str) -> Path | None:
+    """A run under `runs` (any suite, this budget) other than `run_dir`, with the network `run_dir` has
+    (the same training.json trained_in), that tuned grouper `name` with search `key` (tuning_key)."""
+    network = json.loads((run_dir / TRAINING_FILE).read_text())["trained_in"]
+    for path in sorted(Path(runs).glob(f"*/{budget}/*/seed*/{TUNED_FILE}")):
+        folder = path.parent
+        training = folder / TRAINING_FILE
+        if folder.resolve() == run_dir.resolve() or not training.is_file():
+            continue
+        if json.loads(training.read_text())["trained_in"] != network:
+            continue
+        if (read_tuned(folder).get("tuned") or {}).get(name, {}).get("key") == key:
+            return folder
+    return None
 
 
 def config_name(path: Path) -> str:
