@@ -3,7 +3,7 @@ order, reference rows, mean ± std, missing runs); `reproduce` skips finished ro
 interrupted one, runs only the rows --rows names, trains a recipe once across suites, copies the same
 tuning search on the same network instead of running it again, and scores an
 external row's label images (perfect ones: AP 1.0; none: the row is missing; a wrong size: an error
-naming the file); `table --all` keeps the results of runs whose folders are gone and `reproduce
+naming the file); `table --all` keeps the results of runs whose folders are gone (strict JSON) and `reproduce
 --skip-kept` runs only the seeds not kept; `reproduce --budget smoke` runs every shipped suite end to
 end (real data)."""
 from __future__ import annotations
@@ -88,12 +88,14 @@ def test_table_all_keeps_the_results_of_runs_that_are_gone(tmp_path):
     out = tmp_path / "repo" / "EXPERIMENTS.md"
     first, second = tmp_path / "runs1", tmp_path / "runs2"
     for seed, ap in enumerate([0.60, 0.62]):
-        fabricate(first, suite, suite.rows[0], seed, {"AP": ap, "match_AP50": 0.8, "abs_DiC": 1.0})
+        fabricate(first, suite, suite.rows[0], seed, {"AP": ap, "APm": float("nan"), "match_AP50": 0.8, "abs_DiC": 1.0})
     text = experiments_markdown([suite], "cpu", first, out)
     assert "| ours A | ours (cpu) | 61.0 ± 1.4 | 80.0 ± 0.0 | 1.00 ± 0.00 | 2 |" in text
     kept = tmp_path / "results" / "cpu"  # beside the suite.yaml
     assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*.json")) == \
         ["ours_a/seed0.json", "ours_a/seed1.json"]
+    kept_scores = json.loads((kept / "ours_a" / "seed0.json").read_text(), parse_constant=pytest.fail)["scores"]
+    assert kept_scores["APm"] is None and kept_scores["AP"] == 0.60  # strict JSON: NaN kept as null
     # the first runs folder is gone; a second one holds seed 1 again (run anew) and row B
     fabricate(second, suite, suite.rows[0], 1, {"AP": 0.70, "match_AP50": 0.8, "abs_DiC": 1.0})
     fabricate(second, suite, suite.rows[1], 0, {"AP": 0.50, "match_AP50": 0.7, "abs_DiC": 2.0})

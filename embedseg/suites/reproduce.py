@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import subprocess
 import time
@@ -36,7 +37,7 @@ from embedseg.engine.metrics_file import record_scores
 from embedseg.engine.run import TUNED_FILE, load_run
 from embedseg.engine.trainer import train
 from embedseg.engine.tuning import copy_tuning, read_tuned, tune_run, tuned_groupers, tuning_key
-from embedseg.outputs import write_json, write_text
+from embedseg.outputs import write_json
 from embedseg.suites.external import LABELS_DIR, labels_present, read_timing, score_labels
 from embedseg.suites.spec import EXPERIMENTS, Row, Suite
 from embedseg.suites.training import (
@@ -80,8 +81,16 @@ def kept_results(suite: Suite, budget: str, row: Row) -> dict[int, Path]:
 def keep_results(suite: Suite, budget: str, runs: Path) -> list[Path]:
     """Keep a copy of every finished result of `suite` under `runs` (replacing the kept copy of the same
     row and seed); the copies written."""
-    return [write_text(kept_dir(suite, budget) / row.slug / f"seed{seed}.json", path.read_text())
+    return [write_json(kept_dir(suite, budget) / row.slug / f"seed{seed}.json", strict_result(json.loads(path.read_text())),
+                       indent=2)
             for row in suite.rows for seed, path in sorted(run_results(suite, budget, runs, row).items())]
+
+
+def strict_result(result: dict) -> dict:
+    """`result` with its scores' NaN (COCO's APm of images without a medium object, say) as null, so
+    that a result file is strict JSON that any reader takes."""
+    scores = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result["scores"].items()}
+    return {**result, "scores": scores}
 
 
 def row_overrides(suite: Suite, row: Row, budget: str, seed: int) -> list[str]:
@@ -149,7 +158,7 @@ def run_row(suite: Suite, row: Row, budget: str, seed: int, runs: Path) -> dict:
               "network": {"trained_in": training["trained_in"], "recipe_key": training["key"]},
               "config": config_name(row.config_for(budget)), "overrides": row_overrides(suite, row, budget, seed),
               "evaluate": evaluate, **provenance()}
-    write_json(result_file(run_dir, row), result, indent=2)
+    write_json(result_file(run_dir, row), strict_result(result), indent=2)
     return result
 
 
@@ -189,7 +198,7 @@ def score_external_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> di
               "labels": str(labels), "split": config.eval.split, "images": len(names), "split_images": split_images,
               "scores": {**scores, **ms}, "seconds": {**seconds, "evaluate": time.perf_counter() - start},
               "config": config_name(row.config_for(budget)), "overrides": overrides, **provenance()}
-    write_json(result_file(run_dir, row), result, indent=2)
+    write_json(result_file(run_dir, row), strict_result(result), indent=2)
     return result
 
 
