@@ -362,6 +362,12 @@ def spatial_embedding(config: Config) -> bool:
     return any(isinstance(block, dict) and block.get("name") == "spatial" for block in config.loss.values())
 
 
+def spatial_margins(config: Config) -> int:
+    """The spatial loss's n_sigma (1: isotropic margin, 2: one along y and one along x); 0 without it."""
+    return next((block.get("n_sigma", 1) for block in config.loss.values()
+                 if isinstance(block, dict) and block.get("name") == "spatial"), 0)
+
+
 def _check_spatial(config: Config) -> None:
     """The spatial loss reads embedding channels 0, 1 as positions (the model's coord_scale adds them)
     and the rest as its margins (embedseg.losses.spatial)."""
@@ -376,9 +382,6 @@ def _check_spatial(config: Config) -> None:
         if dim != 2 + n_sigma:
             raise ConfigError(f"loss.{term} is spatial with n_sigma {n_sigma}: model.embedding_dim must be "
                               f"{2 + n_sigma}, got {dim}")
-        if config.eval.tta and n_sigma == 2:
-            raise ConfigError(f"eval.tta with loss.{term} of n_sigma 2 is not supported: a quarter turn swaps the "
-                              f"margin's axes, which test-time augmentation does not undo; use n_sigma 1")
         if block.get("center") == "medoid" and block.get("coord_scale") != scale:
             raise ConfigError(f"loss.{term}.coord_scale = {block.get('coord_scale')} must equal model.coord_scale = "
                               f"{scale} (the medoid's pixel position in embedding units)")

@@ -147,7 +147,6 @@ def test_spatial_grouper_refuses_an_embedding_that_is_not_spatial():
     (["model.coord_scale=0.0"], "loss.embedding is spatial: model.coord_scale must be > 0"),
     (["model.embedding_dim=16"], "model.embedding_dim must be 3, got 16"),
     (["loss.embedding.coord_scale=0.5"], r"loss.embedding.coord_scale = 0.5 must equal model.coord_scale"),
-    (["loss.embedding.n_sigma=2", "model.embedding_dim=4", "eval.tta=true"], "eval.tta with loss.embedding of n_sigma 2"),
 ])
 def test_spatial_configs_that_do_not_fit_the_model_are_refused(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_CONFIG
 from PIL import Image
 from torch import nn
@@ -94,6 +95,31 @@ def test_tta_leaves_outputs_that_turn_with_the_image_unchanged(tiles):
     for key in plain:
         assert augmented[key].shape == plain[key].shape
         np.testing.assert_allclose(augmented[key], plain[key], atol=1e-5, err_msg=key)
+
+
+class AxisMarginModel(PixelModel):
+    """Channels 2, 3 of the embedding are margins along y and x: the absolute central differences of
+    the input's first channel down and across (zero beyond the border), which a quarter turn swaps
+    exactly; channels 0, 1 are positions with offset 0."""
+
+    def forward(self, images):
+        out = super().forward(images)
+        f = F.pad(images[:, :1], (1, 1, 1, 1))
+        along_y, along_x = (f[:, :, 2:, 1:-1] - f[:, :, :-2, 1:-1]).abs(), (f[:, :, 1:-1, 2:] - f[:, :, 1:-1, :-2]).abs()
+        out["embedding"] = torch.cat([out["embedding"][:, :2], along_y, along_x], 1)
+        return out
+
+
+def test_tta_swaps_margins_along_y_and_x_back_after_a_quarter_turn():
+    """Margins that turn with the image come out of TTA unchanged only when the four passes with an odd
+    number of quarter turns have them swapped back; without, each becomes the mean of the two."""
+    model = AxisMarginModel(0.25, planted=False)
+    img = image(40, 57)
+    plain = Predictor(model)(img)["embedding"]
+    np.testing.assert_allclose(Predictor(model, tta=True, axis_margins=True)(img)["embedding"], plain, atol=1e-5)
+    unswapped = Predictor(model, tta=True)(img)["embedding"]
+    np.testing.assert_allclose(unswapped[2], unswapped[3], atol=1e-5)
+    assert not np.allclose(unswapped[2:], plain[2:], atol=0.1)
 
 
 @pytest.mark.parametrize("coord_scale", [0.0, 0.1])

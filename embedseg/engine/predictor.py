@@ -51,12 +51,14 @@ class Predictor:
     `tta` (the config's eval.tta) runs the network on the 8 flips and quarter turns of each image or
     tile and averages the outputs mapped back (embedseg.engine.tta): seediness, class probabilities
     and the embedding, whose first two channels are turned as position vectors when the model's
-    `coord_scale` is above 0 (a model without that attribute has no positional channels).
+    `coord_scale` is above 0 (a model without that attribute has no positional channels), and whose
+    channels 2, 3 are swapped back after a quarter turn with `axis_margins` (margins along y and x:
+    the spatial loss with n_sigma 2).
     """
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", pad_to: int = 32,
                  tile_size: int | None = 2048, tile_overlap: int = 512, channels_last: bool = False,
-                 tta: bool = False):
+                 tta: bool = False, axis_margins: bool = False):
         if tile_size is not None and (tile_size < pad_to or tile_size % pad_to):
             raise ValueError(f"Predictor: tile_size = {tile_size} must be a positive multiple of pad_to = {pad_to}")
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
@@ -65,7 +67,7 @@ class Predictor:
         self.model = model.eval().to(device, memory_format=self.memory_format)
         self.device = torch.device(device)
         self.pad_to, self.tile_size, self.tile_overlap = pad_to, tile_size, tile_overlap
-        self.tta = tta
+        self.tta, self.axis_margins = tta, axis_margins
 
     def _network(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One pass of the network on x [1, 3, H, W], in float32, with class probabilities."""
@@ -76,7 +78,7 @@ class Predictor:
     def _run(self, x: torch.Tensor, offset: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
         """The outputs for `x`, a tile whose top-left pixel is pixel `offset` (y, x) of the image."""
         if self.tta:
-            out = average_over_transforms(self._network, x, getattr(self.model, "coord_scale", 0.0))
+            out = average_over_transforms(self._network, x, getattr(self.model, "coord_scale", 0.0), self.axis_margins)
         else:
             out = self._network(x)
         out = self.model.tile_to_image(out, offset)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedseg.config import Config, ConfigError, config_from_dict, load_config, read_yaml
+from embedseg.config import Config, ConfigError, config_from_dict, load_config, read_yaml, spatial_margins
 from embedseg.data import build_dataset
 from embedseg.data.tune import TUNE_SPLIT, split_train
 from embedseg.engine.checkpoint import changed_keys, load_checkpoint
@@ -61,7 +61,7 @@ def build_network(config: Config, num_classes: int) -> torch.nn.Module:
 def build_predictor(config: Config, model: torch.nn.Module) -> Predictor:
     """The whole-image predictor on the config's device and memory format, with eval.tta."""
     return Predictor(model, select_device(config.train.device), channels_last=config.train.channels_last,
-                     tta=config.eval.tta)
+                     tta=config.eval.tta, axis_margins=spatial_margins(config) == 2)
 
 
 def build_groupers(config: Config, names: list[str] | None = None) -> dict:

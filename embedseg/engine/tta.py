@@ -5,7 +5,9 @@ dims (-2, -1); every output of T(x) is mapped back with T^-1 before the 8 are av
 (seediness, class probabilities, embedding channels) only move back. The positional embedding channels
 of a model with `coord_scale` s > 0 (see embedseg.models.deeplab) are s * (y, x) of the frame the
 network saw plus an offset vector; the offsets move back, are turned back into the image's frame
-(`vectors_back`), and s * (y, x) of the image's frame is added again.
+(`vectors_back`), and s * (y, x) of the image's frame is added again. Margins along y and x (channels
+2, 3 of the spatial loss with n_sigma 2) trade places under a quarter turn, so after an odd number of
+turns they are swapped back.
 """
 from __future__ import annotations
 
@@ -45,9 +47,13 @@ def vectors_back(vectors: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.stack([dy, -dx if flip else dx], dim=-3)
 
 
-def embedding_back(embedding: torch.Tensor, k: int, flip: bool, coord_scale: float) -> torch.Tensor:
-    """The embedding [B, D, H', W'] of T(x) in the frame of x, with positions s * (y, x) of that frame."""
+def embedding_back(embedding: torch.Tensor, k: int, flip: bool, coord_scale: float,
+                   axis_margins: bool = False) -> torch.Tensor:
+    """The embedding [B, D, H', W'] of T(x) in the frame of x, with positions s * (y, x) of that frame
+    (and, with `axis_margins`, channels 2 and 3 swapped after an odd number of quarter turns)."""
     back = invert(embedding, k, flip)
+    if axis_margins and k % 2:
+        back = back[:, [0, 1, 3, 2, *range(4, back.shape[1])]]
     if coord_scale == 0:
         return back
     offsets = invert(embedding[:, :2] - coord_scale * pixel_positions(embedding), k, flip)
@@ -55,18 +61,19 @@ def embedding_back(embedding: torch.Tensor, k: int, flip: bool, coord_scale: flo
 
 
 def average_over_transforms(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor,
-                            coord_scale: float) -> dict[str, torch.Tensor]:
+                            coord_scale: float, axis_margins: bool = False) -> dict[str, torch.Tensor]:
     """The mean over the 8 transforms T of run(T(x)) mapped back to x's frame.
 
     `run` maps images [B, 3, H, W] to {"embedding": [B, D, H, W], "seediness": [B, 1, H, W],
     "semantic": [B, C+1, H, W]} (probabilities, so that the mean is one too); `coord_scale` is the
-    model's (0 when no embedding channel is positional).
+    model's (0 when no embedding channel is positional); `axis_margins`: channels 2, 3 are margins
+    along y and x (module docstring).
     """
     total: dict[str, torch.Tensor] = {}
     for k, flip in TRANSFORMS:
         out = run(transform(x, k, flip))
         back = {key: invert(value, k, flip) for key, value in out.items() if key != "embedding"}
-        back["embedding"] = embedding_back(out["embedding"], k, flip, coord_scale)
+        back["embedding"] = embedding_back(out["embedding"], k, flip, coord_scale, axis_margins)
         for key, value in back.items():
             total[key] = total[key] + value if key in total else value
     return {key: value / len(TRANSFORMS) for key, value in total.items()}
