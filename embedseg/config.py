@@ -359,7 +359,7 @@ def component_blocks(config: Config) -> list[tuple[str, Any, str, dict, tuple[st
 
 def spatial_embedding(config: Config) -> bool:
     """Whether the run's embedding is trained by the spatial loss (positions and margins, not distances)."""
-    return any(isinstance(block, dict) and block.get("name") == "spatial" for block in config.loss.values())
+    return spatial_margins(config) > 0
 
 
 def spatial_margins(config: Config) -> int:
