@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import numbers
 import os
 import types
@@ -454,6 +456,11 @@ def resolved_dict(config: Config) -> dict:
             if param not in block and param not in reserved and spec.default is not spec.empty:
                 block[param] = _plain(spec.default)
     return out
+
+
+def digest(data: dict) -> str:
+    """16 hex digits of the SHA-256 of `data` as sorted JSON: a key for what a config decides."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _plain(value):

@@ -16,7 +16,6 @@ that the same search on the same network elsewhere (embedseg.suites.reproduce) i
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from embedseg.config import Config, read_yaml, resolved_dict, spatial_embedding
+from embedseg.config import Config, digest, read_yaml, resolved_dict, spatial_embedding
 from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
 from embedseg.engine.output_cache import cache_outputs
@@ -152,7 +151,7 @@ def tuning_key(config: Config, name: str, metric: str, trials: int) -> str:
     del setup["name"]
     setup["grouping"] = {name: setup["grouping"].get(name)}
     search = {"config": setup, "grouper": name, "metric": metric, "trials": trials}
-    return hashlib.sha256(json.dumps(search, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(search)
 
 
 def read_tuned(run_dir: Path) -> dict:

@@ -14,13 +14,12 @@ evaluates on, stays always. Its key is a hash of the recipe as sorted JSON.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from embedseg.config import Config, config_from_dict, dump_config, resolved_dict
+from embedseg.config import Config, config_from_dict, digest, dump_config, resolved_dict
 from embedseg.engine.checkpoint import load_checkpoint
 from embedseg.outputs import write_json
 
@@ -43,7 +42,7 @@ def training_recipe(config: Config) -> dict:
 
 
 def recipe_key(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(recipe)
 
 
 def record_training(run_dir: Path, runs: Path, config: Config, trained_in: Path) -> dict:
