@@ -122,22 +122,6 @@ def test_semi_convolutional_channels_add_the_pixel_position():
         small_model(coord_scale=0.1, embedding_dim=1)
 
 
-def test_margin_gain_starts_from_the_same_network_and_scales_the_margins_step():
-    images = torch.randn(1, 3, 32, 32)
-    torch.manual_seed(0)
-    plain = small_model(embedding_dim=3, coord_scale=0.1).eval()
-    torch.manual_seed(0)
-    gained = small_model(embedding_dim=3, coord_scale=0.1, margin_gain=10.0).eval()
-    torch.testing.assert_close(gained(images)["embedding"], plain(images)["embedding"])
-    # one step of size 0.01 on the margin's bias moves the margin channel by 0.01 * gain
-    with torch.no_grad():
-        before = gained(images)["embedding"][0, 2]
-        gained.decoder.heads["embedding"].out.bias[2] += 0.01
-        torch.testing.assert_close(gained(images)["embedding"][0, 2] - before, torch.full_like(before, 0.1))
-    with pytest.raises(ValueError, match="margin_gain"):
-        small_model(margin_gain=0.0)
-
-
 def test_positions_stay_float32_under_bf16_autocast():
     # train.bf16: bfloat16 would round a position of 29.9 to a multiple of 1/8
     model = zero_embedding_head(small_model(embedding_dim=4, coord_scale=0.1))

@@ -43,36 +43,21 @@ class DeepLabEmbedding(nn.Module):
     learns offsets towards the instance's centre. Far-apart look-alikes then differ by their
     position, and the head only has to tell neighbours apart. Coordinates count from the input's
     top-left pixel; `tile_to_image` moves the outputs of a tile to the coordinates of the whole image.
-
-    With `margin_gain` g the embedding channels after the two positional ones (the spatial loss's
-    margins) are the head's output times g, and the head's initial weights for them are divided by
-    g: the same network at the start, whose margins move g times faster under Adam (Neven et al.
-    predict their margin as exp(10 s) for this reason).
     """
 
-    def __init__(self, backbone: nn.Module, aspp: nn.Module, decoder: nn.Module, coord_scale: float = 0.0,
-                 margin_gain: float = 1.0):
+    def __init__(self, backbone: nn.Module, aspp: nn.Module, decoder: nn.Module, coord_scale: float = 0.0):
         super().__init__()
         if coord_scale < 0:
             raise ValueError(f"coord_scale must be >= 0, got {coord_scale}")
-        if margin_gain <= 0:
-            raise ValueError(f"margin_gain must be > 0, got {margin_gain}")
         self.backbone, self.aspp, self.decoder = backbone, aspp, decoder
-        self.coord_scale, self.margin_gain = coord_scale, margin_gain
-        if margin_gain != 1:
-            with torch.no_grad():
-                projection = decoder.heads["embedding"].out
-                projection.weight[2:] /= margin_gain
-                projection.bias[2:] /= margin_gain
+        self.coord_scale = coord_scale
         self.register_load_state_dict_pre_hook(rename_legacy_keys)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(images)
         out = self.decoder(images, features, self.aspp(features["high"]))
-        embedding = self.add_positions(out["embedding"])
-        if self.margin_gain != 1:
-            embedding = torch.cat([embedding[:, :2], self.margin_gain * embedding[:, 2:]], 1)
-        return {"embedding": embedding, "seediness": torch.sigmoid(out["seediness"]), "semantic": out["semantic"]}
+        return {"embedding": self.add_positions(out["embedding"]), "seediness": torch.sigmoid(out["seediness"]),
+                "semantic": out["semantic"]}
 
     def add_positions(self, embedding: torch.Tensor) -> torch.Tensor:
         """Channels 0 and 1 plus coord_scale * (y, x) of each pixel (unchanged with coord_scale 0)."""
@@ -94,11 +79,10 @@ class DeepLabEmbedding(nn.Module):
 
 @MODELS.register("deeplab")
 def deeplab(num_classes: int, backbone: str = "resnet50", width: float = 1.0, output_stride: int = 16,
-            embedding_dim: int = 64, decoder: str = "stride4", coord_scale: float = 0.0,
-            margin_gain: float = 1.0) -> DeepLabEmbedding:
+            embedding_dim: int = 64, decoder: str = "stride4", coord_scale: float = 0.0) -> DeepLabEmbedding:
     """DeepLab v3+ style network: a registered backbone and decoder, ASPP and decoder 256 channels
     scaled by `width` like the backbone; `coord_scale` > 0 makes two embedding channels
-    semi-convolutional and `margin_gain` scales the channels after them (see DeepLabEmbedding)."""
+    semi-convolutional (see DeepLabEmbedding)."""
     if coord_scale > 0 and embedding_dim < 2:
         raise ValueError(f"coord_scale > 0 needs embedding_dim >= 2, got embedding_dim = {embedding_dim}")
     net = BACKBONES.build(backbone, width=width, output_stride=output_stride)
@@ -108,4 +92,4 @@ def deeplab(num_classes: int, backbone: str = "resnet50", width: float = 1.0, ou
     outputs = {"embedding": embedding_dim, "seediness": 1, "semantic": num_classes + 1}
     decoder_net = DECODERS.build(decoder, fine_channels=net.fine_channels, low_channels=net.low_channels,
                                  context_channels=channels, channels=channels, outputs=outputs)
-    return DeepLabEmbedding(net, aspp, decoder_net, coord_scale, margin_gain)
+    return DeepLabEmbedding(net, aspp, decoder_net, coord_scale)
