@@ -44,9 +44,6 @@ class DataConfig:
     # (grouping parameters are chosen on it: `embedseg tune`) and training never sees them
     tune: dict | None = None
     crop_size: int | None = None  # random crops of this side for training (None: whole images)
-    # "objects": each crop is centred on a pixel of an instance drawn uniformly (EmbedSeg's crops around
-    # every object), kept inside the image; "uniform": the window's position is uniform
-    crop_centre: str = "uniform"
     flip: bool = True  # random horizontal and vertical flips
     rot90: bool = True  # random multiples of 90 degrees
     scale_range: list[float] | None = None  # [lo, hi] random zoom (log-uniform); bilinear image, nearest labels

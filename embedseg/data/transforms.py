@@ -53,8 +53,6 @@ class TrainTransform:
     turns and intensity jitter, applied jointly to image, instance and semantic maps.
 
     crop_size: side of the square crops (None: keep the image size).
-    crop_centre: "uniform" (the window anywhere) or "objects" (centred on a pixel of an instance drawn
-        uniformly, so small objects are seen as often as large ones; shifted to stay inside the image).
     scale_range: [lo, hi]; the content is zoomed by a factor drawn log-uniformly from it
         (2 = objects twice as large). None or [1, 1]: no scaling.
     rotate_degrees: rotation by an angle drawn uniformly from [-r, r] (0: none).
@@ -64,9 +62,8 @@ class TrainTransform:
 
     def __init__(self, crop_size: int | None = None, flip: bool = True, rot90: bool = True,
                  scale_range: list[float] | None = None, rotate_degrees: float = 0.0,
-                 brightness: float = 0.0, contrast: float = 0.0, gamma: float = 0.0, crop_centre: str = "uniform"):
+                 brightness: float = 0.0, contrast: float = 0.0, gamma: float = 0.0):
         _check(crop_size is None or crop_size >= 1, "crop_size", crop_size, "a positive number of pixels or null")
-        _check(crop_centre in ("uniform", "objects"), "crop_centre", crop_centre, "'uniform' or 'objects'")
         if scale_range is not None:
             _check(len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1], "scale_range", scale_range,
                    "[lo, hi] with 0 < lo <= hi")
@@ -74,7 +71,7 @@ class TrainTransform:
         for key, value in (("brightness", brightness), ("contrast", contrast)):
             _check(0 <= value < 1, key, value, "a fraction in [0, 1)")
         _check(0 <= gamma <= 2, "gamma", gamma, "a log-range in [0, 2]")
-        self.crop_size, self.crop_centre, self.flip, self.rot90 = crop_size, crop_centre, flip, rot90
+        self.crop_size, self.flip, self.rot90 = crop_size, flip, rot90
         self.scale_range = None if scale_range is None or tuple(scale_range) == (1, 1) else tuple(map(float, scale_range))
         self.rotate_degrees, self.brightness, self.contrast, self.gamma = rotate_degrees, brightness, contrast, gamma
 
@@ -82,22 +79,21 @@ class TrainTransform:
     def from_config(cls, data) -> TrainTransform:
         """Build from a `DataConfig` (the `data:` block of an experiment)."""
         return cls(data.crop_size, data.flip, data.rot90, data.scale_range, data.rotate_degrees,
-                   data.brightness, data.contrast, data.gamma, data.crop_centre)
+                   data.brightness, data.contrast, data.gamma)
 
     def __call__(self, sample: dict) -> dict:
         # Drawn from torch's generator: seeded by the config in the main process and distinct
         # in every DataLoader worker, so workers do not repeat each other's augmentations.
         rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         image, inst, sem = sample["image"], sample["instances"], sample["semantic"]
-        centre = object_pixel(inst, rng) if self.crop_centre == "objects" and self.crop_size is not None else None
         if self.scale_range is not None or self.rotate_degrees > 0:
             scale = math.exp(rng.uniform(*np.log(self.scale_range))) if self.scale_range else 1.0
             angle = math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
             size = (self.crop_size,) * 2 if self.crop_size is not None else inst.shape
-            image_t, inst_t, sem_t = affine_crop(image, inst, sem, size, scale, angle, rng, centre)
+            image_t, inst_t, sem_t = affine_crop(image, inst, sem, size, scale, angle, rng)
         else:
             if self.crop_size is not None:
-                image, inst, sem = random_crop(image, inst, sem, self.crop_size, rng, centre)
+                image, inst, sem = random_crop(image, inst, sem, self.crop_size, rng)
             image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
             inst_t = torch.from_numpy(np.ascontiguousarray(inst).astype(np.int64))
             sem_t = torch.from_numpy(np.ascontiguousarray(sem).astype(np.int64))
@@ -132,18 +128,7 @@ class TrainTransform:
         return image.clamp(0, 1)
 
 
-def object_pixel(inst: np.ndarray, rng) -> tuple[float, float] | None:
-    """The centre (y, x) of a random pixel of an instance drawn uniformly; None without instances."""
-    ids = np.unique(inst[inst > 0])
-    if ids.size == 0:
-        return None
-    ys, xs = np.nonzero(inst == ids[rng.integers(ids.size)])
-    k = int(rng.integers(ys.size))
-    return ys[k] + 0.5, xs[k] + 0.5
-
-
-def random_crop(image, inst, sem, size: int, rng, centre: tuple[float, float] | None = None):
-    """A size x size window placed uniformly, or around `centre` (y, x) and shifted inside the image."""
+def random_crop(image, inst, sem, size: int, rng):
     h, w = inst.shape
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:  # pad small images; padded pixels are ignored by every loss
@@ -151,23 +136,17 @@ def random_crop(image, inst, sem, size: int, rng, centre: tuple[float, float] | 
         inst = np.pad(inst, ((0, ph), (0, pw)), constant_values=-1)
         sem = np.pad(sem, ((0, ph), (0, pw)), constant_values=-1)
         h, w = inst.shape
-    if centre is None:
-        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
-    else:
-        y = min(max(0, round(centre[0] - size / 2)), h - size)
-        x = min(max(0, round(centre[1] - size / 2)), w - size)
+    y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
     return image[y:y + size, x:x + size], inst[y:y + size, x:x + size], sem[y:y + size, x:x + size]
 
 
 def affine_crop(image: np.ndarray, inst: np.ndarray, sem: np.ndarray, size: tuple[int, int], scale: float,
-                angle: float, rng, centre: tuple[float, float] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                angle: float, rng) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A `size` (h, w) window of the image zoomed by `scale` and rotated by `angle` (radians).
 
-    The window (size / scale source pixels) is placed uniformly at random, or around `centre` (y, x
-    in source pixels): inside the image when it fits, else so that it holds the whole image. Returns
-    the image float [3, h, w] in [0, 1] (bilinear, black outside) and instances/semantic int64
-    [h, w] (nearest, -1 outside).
+    The window (size / scale source pixels) is placed uniformly at random: inside the image when
+    it fits, else so that it holds the whole image. Returns the image float [3, h, w] in [0, 1]
+    (bilinear, black outside) and instances/semantic int64 [h, w] (nearest, -1 outside).
     """
     out_h, out_w = int(size[0]), int(size[1])
     height, width = inst.shape
@@ -177,11 +156,8 @@ def affine_crop(image: np.ndarray, inst: np.ndarray, sem: np.ndarray, size: tupl
                          "renumber the instances")
     # window centre in source pixel coordinates (pixel i spans [i, i + 1))
     half_h, half_w = out_h / scale / 2, out_w / scale / 2
-    (y_lo, y_hi), (x_lo, x_hi) = sorted((half_h, height - half_h)), sorted((half_w, width - half_w))
-    if centre is None:
-        cy, cx = rng.uniform(y_lo, y_hi), rng.uniform(x_lo, x_hi)
-    else:
-        cy, cx = min(max(centre[0], y_lo), y_hi), min(max(centre[1], x_lo), x_hi)
+    cy = rng.uniform(min(half_h, height - half_h), max(half_h, height - half_h))
+    cx = rng.uniform(min(half_w, width - half_w), max(half_w, width - half_w))
     # output pixel centres -> source points: centre + R(angle) (offset / scale)
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
     oy = torch.arange(out_h, dtype=torch.float32) + 0.5 - out_h / 2
