@@ -7,8 +7,7 @@ and `outputs`: output name -> channels) and called as `decoder(images, features,
 {name: [B, outputs[name], H, W]} at the images' size. Importing this package registers them all.
 """
 from embedseg.models.decoders.stride2 import Stride2Decoder
-from embedseg.models.decoders.stride2_fullres import Stride2FullresDecoder
 from embedseg.models.decoders.stride2_fullres_class import Stride2FullresClassDecoder
 from embedseg.models.decoders.stride4 import Stride4Decoder
 
-__all__ = ["Stride2Decoder", "Stride2FullresClassDecoder", "Stride2FullresDecoder", "Stride4Decoder"]
+__all__ = ["Stride2Decoder", "Stride2FullresClassDecoder", "Stride4Decoder"]
