@@ -13,8 +13,9 @@ from embedseg.cli import main
 from embedseg.config import ConfigError, load_config
 from embedseg.data.tune import tune_indices
 from embedseg.engine.run import dataset_for_split
-from embedseg.engine.tuning import coordinate_search, search_axes, tune_grouper
+from embedseg.engine.tuning import coordinate_search, search_axes, tune_grouper, tuning_key
 from embedseg.evaluation import build_evaluators
+from embedseg.grouping import GROUPERS
 
 TUNE = "data.tune={fraction: 0.25, seed: 3}"
 
@@ -88,6 +89,15 @@ def test_search_axes_cover_the_chain():
     block = {"bandwidth": 1.0, "postprocess": ["split_disconnected", {"name": "merge_continuous", "threshold": 0.3}]}
     axes = search_axes("meanshift", block)
     assert set(axes) == {"bandwidth", "min_size", "postprocess[1].threshold"}
+
+
+def test_tuning_key_changes_with_the_values_searched(tiny_config_file, monkeypatch):
+    # a tuning copied from another run (embedseg reproduce) must have searched the values searched now
+    config = load_config(tiny_config_file)
+    key = tuning_key(config, "meanshift", "AP", 24)
+    assert tuning_key(config, "meanshift", "AP", 24) == key != tuning_key(config, "meanshift", "AP50", 24)
+    monkeypatch.setitem(GROUPERS.get("meanshift").search_space, "min_size", [5, 10])
+    assert tuning_key(config, "meanshift", "AP", 24) != key
 
 
 def test_tune_command_writes_tuned_yaml_that_evaluate_uses(tiny_config_file, tmp_path, capsys):

@@ -146,11 +146,13 @@ def start_block(name: str, block: dict | None) -> dict:
 
 def tuning_key(config: Config, name: str, metric: str, trials: int) -> str:
     """What the trials of tuning grouper `name` depend on besides the weights, hashed: the run's
-    resolved config (its name aside, of the grouping blocks only `name`'s), the metric and the trials."""
+    resolved config (its name aside, of the grouping blocks only `name`'s), the values searched, the
+    metric and the trials."""
     setup = resolved_dict(config)
     del setup["name"]
     setup["grouping"] = {name: setup["grouping"].get(name)}
-    search = {"config": setup, "grouper": name, "metric": metric, "trials": trials}
+    search = {"config": setup, "grouper": name, "axes": search_axes(name, setup["grouping"][name] or {}),
+              "metric": metric, "trials": trials}
     return digest(search)
 
 
