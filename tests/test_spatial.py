@@ -136,6 +136,26 @@ def test_spatial_grouper_recovers_touching_instances_of_different_sizes_exactly(
         int(m.sum()) for m in gt.masks)[i] for i in (1, 2)]
 
 
+def test_spatial_grouper_joins_a_piece_whose_offsets_fall_short_of_its_centre():
+    instances = discs()
+    gt = Instances.from_label_map(instances[0].numpy())
+    outputs = grouper_outputs(instances, coord_scale=0.1, noise=0.0)
+    # the big disc's left tip (x < 6) points 5 px short of its centre (15, 12), at (15, 7): kernel value
+    # exp(-4 * 0.5^2) = 0.37 under the disc's kernel, so its own seed makes a fragment of 20 pixels
+    tip = (instances[0] == 1).numpy() & (np.arange(40) < 6)[None]
+    outputs["embedding"][:2, tip] = [[1.5], [0.7]]
+    outputs["seediness"][tip] = 0.6  # below the discs' seeds: the disc's mask comes first
+    apart = build_grouper("spatial", min_size=5)(outputs)
+    assert sorted(int(m.sum()) for m in apart.masks) == sorted([20, int(gt.masks[0].sum()) - 20,
+                                                                *(int(m.sum()) for m in gt.masks[1:])])
+    # 0.37 >= 0.3: the tip joins the disc, and nothing else joins (the small disc's kernel value under
+    # the big one's is exp(-4 * 1.4^2) = 4e-4), so the masks are exact again; even with min_size above 20
+    for min_size in (5, 30):
+        joined = build_grouper("spatial", min_size=min_size, join_threshold=0.3)(outputs)
+        assert sorted(m.tobytes() for m in joined.masks) == sorted(m.tobytes() for m in gt.masks)
+    assert len(build_grouper("spatial", min_size=5, join_threshold=0.4)(outputs)) == 4
+
+
 def test_spatial_grouper_refuses_an_embedding_that_is_not_spatial():
     outputs = grouper_outputs(discs(), coord_scale=0.1, noise=0.0)
     outputs["embedding"] = np.zeros((16, 40, 40), np.float32)

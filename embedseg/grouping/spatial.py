@@ -24,25 +24,32 @@ class SpatialGrouper(Grouper):
     the seed's margin sigma gathers the proposal {j : phi(j) > 0.5}; the proposal's unclaimed pixels
     become a mask when they are at least `min_size` pixels and at least `min_unclaimed` of the
     proposal. The proposal is claimed either way, so no seed is tried twice. Score: the seed's
-    seediness. At most `max_instances` masks; each seed looks only at the pixels whose position is
-    within its kernel's reach along y (a slice of the pixels sorted once by position).
+    seediness. Before those checks, unclaimed pixels whose mean kernel value under an earlier mask's
+    kernel (that mask's seed and margin) is at least `join_threshold` join that mask, however few:
+    a piece of one object whose offsets fall short of its centre (the tip of a leaf). None of them
+    lies inside an earlier kernel (phi <= 0.5 there), so 0.5 never joins. At most `max_instances`
+    masks; each seed looks only at the pixels whose position is within its kernel's reach along y
+    (a slice of the pixels sorted once by position).
     """
 
     search_space: ClassVar[dict[str, list]] = {"seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                                               "min_size": MIN_SIZES, "min_unclaimed": [0.3, 0.5, 0.7]}
+                                               "min_size": MIN_SIZES, "min_unclaimed": [0.3, 0.5, 0.7],
+                                               "join_threshold": [0.1, 0.2, 0.3, 0.5]}
     spatial: ClassVar[bool | None] = True
 
     def __init__(self, seed_threshold: float = 0.5, min_size: int = 10, min_unclaimed: float = 0.5,
-                 max_instances: int = 2000, postprocess: list[str | dict] | None = None):
+                 join_threshold: float = 0.5, max_instances: int = 2000, postprocess: list[str | dict] | None = None):
         super().__init__(postprocess)
         if not 0.0 <= seed_threshold < 1.0:
             raise ValueError(f"seed_threshold must be in [0, 1), got {seed_threshold}")
         if not 0.0 < min_unclaimed <= 1.0:
             raise ValueError(f"min_unclaimed must be in (0, 1], got {min_unclaimed}")
+        if not 0.0 < join_threshold <= 0.5:
+            raise ValueError(f"join_threshold must be in (0, 0.5] (0.5: never join), got {join_threshold}")
         if max_instances < 1:
             raise ValueError(f"max_instances must be >= 1, got {max_instances}")
         self.seed_threshold, self.min_size = seed_threshold, min_size
-        self.min_unclaimed, self.max_instances = min_unclaimed, max_instances
+        self.min_unclaimed, self.join_threshold, self.max_instances = min_unclaimed, join_threshold, max_instances
 
     def propose(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_index, x, (h, w) = foreground_embeddings(outputs)
@@ -66,6 +73,8 @@ class SpatialGrouper(Grouper):
         seeds = seeds[np.argsort(-seed_score[seeds], kind="stable")]  # highest first (ties: the lower e_y)
         free = np.ones(len(x), dtype=bool)  # in no proposal yet
         masks, scores = [], []
+        centres, scales = np.zeros((self.max_instances, 2)), np.zeros((self.max_instances, scale.shape[1]))
+        joins = self.join_threshold < 0.5  # no new mask has a pixel in an earlier kernel (phi <= 0.5)
         for seed in seeds:
             if not free[seed]:
                 continue
@@ -73,12 +82,21 @@ class SpatialGrouper(Grouper):
             kernel = np.exp(-(scale[seed] * (positions[low:high] - positions[seed]) ** 2).sum(1))
             proposal = low + np.flatnonzero(kernel > 0.5)
             mask = proposal[free[proposal]]
-            if len(mask) >= max(1, self.min_size) and len(mask) >= self.min_unclaimed * len(proposal):
-                masks.append(mask)
-                scores.append(seed_score[seed])
-                if len(masks) == self.max_instances:
-                    break
             free[proposal] = False
+            k = len(masks)
+            if joins and k and len(mask):  # mean kernel value of the new pixels under each mask's kernel
+                membership = np.exp(-(scales[:k] * (positions[mask, None] - centres[:k]) ** 2).sum(2)).mean(0)
+                best = int(membership.argmax())
+                if membership[best] >= self.join_threshold:
+                    masks[best] = np.concatenate([masks[best], mask])
+                    continue
+            if len(mask) < max(1, self.min_size) or len(mask) < self.min_unclaimed * len(proposal):
+                continue
+            masks.append(mask)
+            scores.append(seed_score[seed])
+            centres[k], scales[k] = positions[seed], scale[seed]
+            if k + 1 == self.max_instances:
+                break
         if not masks:
             return no_masks((h, w))
         image_masks = torch.zeros(len(masks), h * w, dtype=torch.bool)
