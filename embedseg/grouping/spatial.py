@@ -75,6 +75,7 @@ class SpatialGrouper(Grouper):
         masks, scores = [], []
         centres, scales = np.zeros((self.max_instances, 2)), np.zeros((self.max_instances, scale.shape[1]))
         joins = self.join_threshold < 0.5  # no new mask has a pixel in an earlier kernel (phi <= 0.5)
+        join_reach = -math.log(self.join_threshold)  # phi >= join_threshold: sum_d scale_d (e_d - c_d)^2 <= this
         for seed in seeds:
             if not free[seed]:
                 continue
@@ -84,12 +85,18 @@ class SpatialGrouper(Grouper):
             mask = proposal[free[proposal]]
             free[proposal] = False
             k = len(masks)
-            if joins and k and len(mask):  # mean kernel value of the new pixels under each mask's kernel
-                membership = np.exp(-(scales[:k] * (positions[mask, None] - centres[:k]) ** 2).sum(2)).mean(0)
-                best = int(membership.argmax())
-                if membership[best] >= self.join_threshold:
-                    masks[best] = np.concatenate([masks[best], mask])
-                    continue
+            if joins and k and len(mask):
+                # a mean kernel value >= join_threshold needs a pixel there, so only the kernels that reach
+                # the new pixels' bounding box that far are scored
+                pointed = positions[mask]
+                box_gap = np.maximum(0, np.maximum(pointed.min(0) - centres[:k], centres[:k] - pointed.max(0)))
+                near = np.flatnonzero((scales[:k] * box_gap ** 2).sum(1) <= join_reach)
+                if len(near):
+                    membership = np.exp(-(scales[near] * (pointed[:, None] - centres[near]) ** 2).sum(2)).mean(0)
+                    best = near[membership.argmax()]
+                    if membership.max() >= self.join_threshold:
+                        masks[best] = np.concatenate([masks[best], mask])
+                        continue
             if len(mask) < max(1, self.min_size) or len(mask) < self.min_unclaimed * len(proposal):
                 continue
             masks.append(mask)
