@@ -26,7 +26,7 @@ class SpatialGrouper(Grouper):
     proposal. The proposal is claimed either way, so no seed is tried twice. Score: the seed's
     seediness. Before those checks, unclaimed pixels whose mean kernel value under an earlier mask's
     kernel (that mask's seed and margin) is at least `join_threshold` join that mask, however few:
-    a piece of one object whose offsets fall short of its centre (the tip of a leaf). None of them
+    a piece of one object whose offsets fall short of its centre (a leaf's stalk). None of them
     lies inside an earlier kernel (phi <= 0.5 there), so 0.5 never joins. At most `max_instances`
     masks; each seed looks only at the pixels whose position is within its kernel's reach along y
     (a slice of the pixels sorted once by position).
