@@ -93,9 +93,9 @@ class SpatialGrouper(Grouper):
                 near = np.flatnonzero((scales[:k] * box_gap ** 2).sum(1) <= join_reach)
                 if len(near):
                     membership = np.exp(-(scales[near] * (pointed[:, None] - centres[near]) ** 2).sum(2)).mean(0)
-                    best = near[membership.argmax()]
-                    if membership.max() >= self.join_threshold:
-                        masks[best] = np.concatenate([masks[best], mask])
+                    best = membership.argmax()
+                    if membership[best] >= self.join_threshold:
+                        masks[near[best]] = np.concatenate([masks[near[best]], mask])
                         continue
             if len(mask) < max(1, self.min_size) or len(mask) < self.min_unclaimed * len(proposal):
                 continue
