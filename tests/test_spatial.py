@@ -156,6 +156,23 @@ def test_spatial_grouper_joins_a_piece_whose_offsets_fall_short_of_its_centre():
     assert len(build_grouper("spatial", min_size=5, join_threshold=0.4)(outputs)) == 4
 
 
+def test_spatial_grouper_scores_a_mask_by_its_mean_seediness():
+    instances = discs()
+    outputs = grouper_outputs(instances, coord_scale=0.1, noise=0.0)
+    tip = (instances[0] == 1).numpy() & (np.arange(40) < 6)[None]  # 20 pixels pointing short, as above
+    outputs["embedding"][:2, tip] = [[1.5], [0.7]]
+    ids = instances[0].numpy()
+    # seed map: the big disc 0.9 with its half (x >= 12) at 0.5, the tip 0.6, the small disc 0.8, the square 0.7
+    outputs["seediness"] = np.select([tip, (ids == 1) & (np.arange(40) >= 12)[None], ids == 1, ids == 2, ids == 3],
+                                     [0.6, 0.5, 0.9, 0.8, 0.7], 0.0).astype(np.float32)
+    big, right = int((ids == 1).sum()) - 20, int(((ids == 1) & (np.arange(40) >= 12)[None]).sum())
+    blade = (0.5 * right + 0.9 * (big - right)) / big
+    apart = build_grouper("spatial", min_size=5)(outputs)
+    assert sorted(apart.scores.tolist()) == pytest.approx(sorted([blade, 0.8, 0.7, 0.6]))
+    joined = build_grouper("spatial", min_size=5, join_threshold=0.3)(outputs)  # the tip's 0.6 joins the mean
+    assert sorted(joined.scores.tolist()) == pytest.approx(sorted([(blade * big + 0.6 * 20) / (big + 20), 0.8, 0.7]))
+
+
 def test_spatial_grouper_refuses_an_embedding_that_is_not_spatial():
     outputs = grouper_outputs(discs(), coord_scale=0.1, noise=0.0)
     outputs["embedding"] = np.zeros((16, 40, 40), np.float32)

@@ -23,13 +23,14 @@ class SpatialGrouper(Grouper):
     is below `seed_threshold`; its kernel phi(j) = exp(-sum_d exp(sigma_d) (e_j,d - e_seed,d)^2) with
     the seed's margin sigma gathers the proposal {j : phi(j) > 0.5}; the proposal's unclaimed pixels
     become a mask when they are at least `min_size` pixels and at least `min_unclaimed` of the
-    proposal. The proposal is claimed either way, so no seed is tried twice. Score: the seed's
-    seediness. Before those checks, unclaimed pixels whose mean kernel value under an earlier mask's
-    kernel (that mask's seed and margin) is at least `join_threshold` join that mask, however few:
-    a piece of one object whose offsets fall short of its centre (a leaf's stalk). None of them
-    lies inside an earlier kernel (phi <= 0.5 there), so 0.5 never joins. At most `max_instances`
-    masks; each seed looks only at the pixels whose position is within its kernel's reach along y
-    (a slice of the pixels sorted once by position).
+    proposal. The proposal is claimed either way, so no seed is tried twice. Before those checks,
+    unclaimed pixels whose mean kernel value under an earlier mask's kernel (that mask's seed and
+    margin) is at least `join_threshold` join that mask, however few: a piece of one object whose
+    offsets fall short of its centre (a leaf's stalk). None of them lies inside an earlier kernel
+    (phi <= 0.5 there), so 0.5 never joins. Score: the mean seediness over the final mask. The seed
+    map regresses each pixel's kernel value, so that mean predicts how well the mask's pixels gather
+    at one centre: a stalk or tip grown from one high seed ranks below a whole object. At most `max_instances` masks; each seed looks only at the pixels whose position
+    is within its kernel's reach along y (a slice of the pixels sorted once by position).
     """
 
     search_space: ClassVar[dict[str, list]] = {"seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
@@ -72,7 +73,7 @@ class SpatialGrouper(Grouper):
         seeds = np.flatnonzero(seed_score >= self.seed_threshold)
         seeds = seeds[np.argsort(-seed_score[seeds], kind="stable")]  # highest first (ties: the lower e_y)
         free = np.ones(len(x), dtype=bool)  # in no proposal yet
-        masks, scores = [], []
+        masks = []
         centres, scales = np.zeros((self.max_instances, 2)), np.zeros((self.max_instances, scale.shape[1]))
         joins = self.join_threshold < 0.5  # no new mask has a pixel in an earlier kernel (phi <= 0.5)
         join_reach = -math.log(self.join_threshold)  # phi >= join_threshold: sum_d scale_d (e_d - c_d)^2 <= this
@@ -100,13 +101,14 @@ class SpatialGrouper(Grouper):
             if len(mask) < max(1, self.min_size) or len(mask) < self.min_unclaimed * len(proposal):
                 continue
             masks.append(mask)
-            scores.append(seed_score[seed])
             centres[k], scales[k] = positions[seed], scale[seed]
             if k + 1 == self.max_instances:
                 break
         if not masks:
             return no_masks((h, w))
+        members, sizes = np.concatenate(masks), np.array([len(m) for m in masks])
+        mean_seediness = np.add.reduceat(seed_score[members], np.cumsum(sizes) - sizes) / sizes
         image_masks = torch.zeros(len(masks), h * w, dtype=torch.bool)
-        image_masks[torch.repeat_interleave(torch.arange(len(masks)), torch.tensor([len(m) for m in masks])),
-                    pixel_index[torch.from_numpy(order[np.concatenate(masks)])]] = True
-        return image_masks.view(-1, h, w), as_tensor(np.array(scores, dtype=np.float32))
+        image_masks[torch.repeat_interleave(torch.arange(len(masks)), torch.from_numpy(sizes)),
+                    pixel_index[torch.from_numpy(order[members])]] = True
+        return image_masks.view(-1, h, w), as_tensor(mean_seediness.astype(np.float32))
