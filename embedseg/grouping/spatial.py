@@ -29,8 +29,9 @@ class SpatialGrouper(Grouper):
     offsets fall short of its centre (a leaf's stalk). None of them lies inside an earlier kernel
     (phi <= 0.5 there), so 0.5 never joins. Score: the mean seediness over the final mask. The seed
     map regresses each pixel's kernel value, so that mean predicts how well the mask's pixels gather
-    at one centre: a stalk or tip grown from one high seed ranks below a whole object. At most `max_instances` masks; each seed looks only at the pixels whose position
-    is within its kernel's reach along y (a slice of the pixels sorted once by position).
+    at one centre: a stalk or tip grown from one high seed ranks below a whole object. At most
+    `max_instances` masks; each seed looks only at the pixels whose position is within its kernel's
+    reach along y (a slice of the pixels sorted once by position).
     """
 
     search_space: ClassVar[dict[str, list]] = {"seed_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
