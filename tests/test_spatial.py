@@ -136,14 +136,20 @@ def test_spatial_grouper_recovers_touching_instances_of_different_sizes_exactly(
         int(m.sum()) for m in gt.masks)[i] for i in (1, 2)]
 
 
+def outputs_with_a_short_tip(instances: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """`grouper_outputs` of `discs()` (no noise) where the big disc's left tip (x < 6, 20 pixels) points
+    5 px short of its centre (15, 12), at (15, 7): kernel value exp(-4 * 0.5^2) = 0.37 under the disc's
+    kernel, so its own seed makes a fragment. Returns the outputs and the tip's mask."""
+    outputs = grouper_outputs(instances, coord_scale=0.1, noise=0.0)
+    tip = (instances[0] == 1).numpy() & (np.arange(40) < 6)[None]
+    outputs["embedding"][:2, tip] = [[1.5], [0.7]]
+    return outputs, tip
+
+
 def test_spatial_grouper_joins_a_piece_whose_offsets_fall_short_of_its_centre():
     instances = discs()
     gt = Instances.from_label_map(instances[0].numpy())
-    outputs = grouper_outputs(instances, coord_scale=0.1, noise=0.0)
-    # the big disc's left tip (x < 6) points 5 px short of its centre (15, 12), at (15, 7): kernel value
-    # exp(-4 * 0.5^2) = 0.37 under the disc's kernel, so its own seed makes a fragment of 20 pixels
-    tip = (instances[0] == 1).numpy() & (np.arange(40) < 6)[None]
-    outputs["embedding"][:2, tip] = [[1.5], [0.7]]
+    outputs, tip = outputs_with_a_short_tip(instances)
     outputs["seediness"][tip] = 0.6  # below the discs' seeds: the disc's mask comes first
     apart = build_grouper("spatial", min_size=5)(outputs)
     assert sorted(int(m.sum()) for m in apart.masks) == sorted([20, int(gt.masks[0].sum()) - 20,
@@ -158,14 +164,13 @@ def test_spatial_grouper_joins_a_piece_whose_offsets_fall_short_of_its_centre():
 
 def test_spatial_grouper_scores_a_mask_by_its_mean_seediness():
     instances = discs()
-    outputs = grouper_outputs(instances, coord_scale=0.1, noise=0.0)
-    tip = (instances[0] == 1).numpy() & (np.arange(40) < 6)[None]  # 20 pixels pointing short, as above
-    outputs["embedding"][:2, tip] = [[1.5], [0.7]]
+    outputs, tip = outputs_with_a_short_tip(instances)
     ids = instances[0].numpy()
-    # seed map: the big disc 0.9 with its half (x >= 12) at 0.5, the tip 0.6, the small disc 0.8, the square 0.7
-    outputs["seediness"] = np.select([tip, (ids == 1) & (np.arange(40) >= 12)[None], ids == 1, ids == 2, ids == 3],
+    right_half = (ids == 1) & (np.arange(40) >= 12)[None]
+    # seed map: the big disc 0.9 with its right half at 0.5, the tip 0.6, the small disc 0.8, the square 0.7
+    outputs["seediness"] = np.select([tip, right_half, ids == 1, ids == 2, ids == 3],
                                      [0.6, 0.5, 0.9, 0.8, 0.7], 0.0).astype(np.float32)
-    big, right = int((ids == 1).sum()) - 20, int(((ids == 1) & (np.arange(40) >= 12)[None]).sum())
+    big, right = int((ids == 1).sum()) - 20, int(right_half.sum())
     blade = (0.5 * right + 0.9 * (big - right)) / big
     apart = build_grouper("spatial", min_size=5)(outputs)
     assert sorted(apart.scores.tolist()) == pytest.approx(sorted([blade, 0.8, 0.7, 0.6]))
