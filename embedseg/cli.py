@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare-grouping", help="every grouper on the same network outputs: AP and time table, figures")
     p.add_argument("run_dir")
-    p.add_argument("--groupers", help="grouper names, comma separated (default: every registered grouper, with "
-                                      "the config's parameters where it has a grouping block)")
+    p.add_argument("--groupers", help="grouper names, comma separated (default: every grouper that fits the run, "
+                                      "oracles left out; the config's parameters where it has a grouping block)")
     p.add_argument("--split", help="split to compare on (default: eval.split of the config)")
     p.add_argument("--max-images", type=int, help="use only the first N images")
     p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run "
@@ -363,7 +363,8 @@ def add_tune_command(sub) -> None:
     p = sub.add_parser("tune", help="choose each grouper's parameters on the run's tune split (data.tune): "
                                     "tuned.yaml, which evaluate, compare-grouping and predict then use")
     p.add_argument("run_dir")
-    p.add_argument("--groupers", help="grouper names, comma separated (default: every registered grouper)")
+    p.add_argument("--groupers", help="grouper names, comma separated (default: every grouper that fits the "
+                                      "run, oracles left out)")
     p.add_argument("--trials", type=int, default=24, help="parameter settings scored per grouper, the same for "
                                                           "every grouper (default 24)")
     p.add_argument("--metric", default="AP", help="what to maximise: AP (COCO, default), AP50, match_AP50, SBD, "

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from embedseg.engine.oracle import ORACLES
+from embedseg.evaluation.matching import MAP_R_THRESHOLDS, MATCHING_METRICS
 from embedseg.outputs import write_text
 
 
@@ -94,9 +95,9 @@ class EvalConfig:
     # metrics written to metrics.json: coco, matching_ap, sbd, dic, map_r (embedseg.evaluation)
     metrics: list[str] = field(default_factory=lambda: ["coco"])
     iou_thresholds: list[float] = field(default_factory=lambda: [0.5])  # of matching_ap
-    map_r_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # of map_r
+    map_r_thresholds: list[float] = field(default_factory=lambda: list(MAP_R_THRESHOLDS))  # of map_r
     max_images: int | None = None  # evaluate only the first N images of the split
-    num_overlays: int = 4  # images drawn into overlays.png
+    num_overlays: int = 4  # images drawn into the figures: overlays_, spatial_ and grouping_<split>_overlays.png
     # ground truth in place of network outputs, for ablations: foreground, instances (embedseg.engine.oracle)
     oracle: list[str] = field(default_factory=list)
     # average the network's outputs over the 8 flips and quarter turns of each image (embedseg.engine.tta)
@@ -127,7 +128,7 @@ class Config:
 SCHEDULES = ("poly", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 ON_NONFINITE = ("stop", "skip")
-METRICS = ("coco", "matching_ap", "sbd", "dic", "map_r")  # "coco" + evaluation.MATCHING_METRICS
+METRICS = ("coco", *MATCHING_METRICS)
 
 
 # ----------------------------------------------------------------------------- loading

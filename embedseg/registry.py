@@ -35,9 +35,6 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._builders
 
-    def __iter__(self):
-        return iter(self.names())
-
     def _unknown(self, name: str) -> str:
         return f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
 

@@ -77,20 +77,22 @@ class Instances:
         scores = np.ones(len(ids)) if scores is None else scores
         return cls(masks, scores, classes)
 
+    def score_order(self) -> np.ndarray:
+        """Mask indices by score, highest first (equal scores: the lower index first)."""
+        return np.argsort(-self.scores, kind="stable")
+
     def to_label_map(self) -> np.ndarray:
-        """Flatten to an int32 map with ids 1..K in score order (highest score wins overlaps)."""
+        """Flatten to an int32 map with ids 1..K in `score_order` (the first mask wins overlaps)."""
         height, width = self.image_size
         label_map = np.zeros((height, width), np.int32)
-        for new_id, k in enumerate(np.argsort(-self.scores, kind="stable"), start=1):
+        for new_id, k in enumerate(self.score_order(), start=1):
             label_map[self.masks[k] & (label_map == 0)] = new_id
         return label_map
 
     def to_semantic_map(self) -> np.ndarray:
-        """Class of every pixel (0 = background), highest score wins overlaps."""
-        semantic = np.zeros(self.image_size, np.int64)
-        for k in np.argsort(self.scores, kind="stable"):  # low scores first, overwritten by high
-            semantic[self.masks[k]] = self.labels[k]
-        return semantic
+        """Class of every pixel (0 = background); overlaps as in `to_label_map`."""
+        class_of_id = np.concatenate([[0], self.labels[self.score_order()]]).astype(np.int64)
+        return class_of_id[self.to_label_map()]
 
     def to_rle(self) -> list[dict]:
         """COCO run-length encodings, one per mask, with `counts` as a str (JSON-ready)."""

@@ -567,7 +567,7 @@ def test_compare_grouping_cli_writes_table_and_figures(tmp_path, tiny_config_fil
     capsys.readouterr()
     assert main(["compare-grouping", str(run_dir), "--max-images", "2", "--set", "grouping.seeds.tau=[0.5,0.7]"]) == 0
     printed = capsys.readouterr().out
-    for name in default_groupers():  # every registered grouper by default
+    for name in default_groupers():  # every grouper that fits the run by default
         assert f"| {name} |" in printed
     assert "ms median" in printed and "2 images" in printed
     saved = json.loads((run_dir / "grouping_val.json").read_text())

@@ -62,6 +62,8 @@ def test_higher_score_wins_overlaps():
     assert low_first[:, 1].tolist() == [1, 1, 1]  # the 0.8 mask is ranked first -> id 1
     assert low_first[:, 0].tolist() == [2, 2, 2]
     assert Instances(masks, [0.2, 0.8], [1, 2]).to_semantic_map()[:, 1].tolist() == [2, 2, 2]
+    tied = Instances(masks, [0.5, 0.5], [1, 2])  # equal scores: the lower index wins in both maps
+    assert tied.to_label_map()[:, 1].tolist() == [1, 1, 1] and tied.to_semantic_map()[:, 1].tolist() == [1, 1, 1]
 
 
 def test_empty_and_validation():

@@ -51,7 +51,7 @@ SUITE = """
 title: fabricated
 columns: [AP, match_AP50, abs_DiC]
 references:
-  - {name: Paper method, values: [0.5, 0.75, 1.5]}
+  - {name: Paper method, values: [0.5, 0.75, 1.5], note: their split}
 rows:
   - {name: ours A, config: {cpu: tiny.yaml}, grouper: meanshift}
   - {name: ours B, config: {cpu: tiny.yaml}, grouper: components}
@@ -72,7 +72,7 @@ def test_table_renders_references_mean_std_and_missing_rows(tmp_path):
         fabricate(runs, suite, suite.rows[0], seed, {"AP": ap, "match_AP50": m50, "abs_DiC": dic})
     lines = format_table(suite, collect(suite, "cpu", runs)).splitlines()
     assert lines[0] == "| method | source | AP | match_AP50 | abs_DiC | seeds |"
-    assert lines[2] == "| Paper method | paper | 50.0 | 75.0 | 1.50 |  |"
+    assert lines[2] == "| Paper method (their split) | paper | 50.0 | 75.0 | 1.50 |  |"
     std = 100 * np.std([0.60, 0.62, 0.64], ddof=1)
     assert lines[3] == f"| ours A | ours (cpu) | 62.0 ± {std:.1f} | 85.0 ± 5.0 | 2.00 ± 1.00 | 3 |"
     assert lines[4] == "| ours B | ours (cpu) | missing | missing | missing | 0 |"

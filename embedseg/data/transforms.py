@@ -34,15 +34,6 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return normalise(torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0)
 
 
-def sample_to_tensors(sample: dict) -> dict:
-    return {
-        "image": image_to_tensor(sample["image"]),
-        "instances": torch.from_numpy(np.ascontiguousarray(sample["instances"]).astype(np.int64)),
-        "semantic": torch.from_numpy(np.ascontiguousarray(sample["semantic"]).astype(np.int64)),
-        "image_id": int(sample["image_id"]),
-    }
-
-
 def _check(condition: bool, key: str, value, expected: str) -> None:
     if not condition:
         raise ValueError(f"data.{key} = {value!r}: expected {expected}")

@@ -164,13 +164,13 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
                      ) -> tuple[dict[str, dict], GroupingRun]:
     """Every grouper of `names` on the same network outputs of `split`: (metrics per grouper, the run).
 
-    By default every registered grouper runs, the config's grouping blocks first and with their
-    parameters; the others with their defaults. The network runs once per image; the timings
-    are of grouping alone. `metrics` defaults to the config's eval.metrics plus "coco" (the
-    comparison table shows COCO AP). With `cache_dir` the network outputs come from the output cache
-    there when it holds this network's outputs of these images, else they are computed and cached
-    there first (float16; see engine.output_cache); a cache of another network or split is
-    replaced only with `overwrite_cache`.
+    By default every grouper that fits the run (`default_groupers`) runs, the config's grouping
+    blocks first and with their parameters; the others with their defaults. The network runs once
+    per image; the timings are of grouping alone. `metrics` defaults to the config's eval.metrics
+    plus "coco" (the comparison table shows COCO AP). With `cache_dir` the network outputs come from
+    the output cache there when it holds this network's outputs of these images, else they are
+    computed and cached there first (float16; see engine.output_cache); a cache of another network
+    or split is replaced only with `overwrite_cache`.
     """
     from embedseg.config import spatial_embedding
     from embedseg.engine.run import build_groupers, build_predictor, dataset_for_split

@@ -170,10 +170,11 @@ def tuned_groupers(run_dir: Path) -> list[str]:
 def tune_run(run_dir: str | Path, names: list[str] | None = None, trials: int = 24, metric: str = "AP",
              overwrite: bool = False, overrides: list[str] = (), write: bool = True
              ) -> dict[str, tuple[Trial, Trial, list[Trial]]]:
-    """Tune the groupers `names` (default: every registered one, the config's first) of a trained run on
-    its tune split, with the run's config and `overrides` (eval keys, say). Their chosen blocks go into
-    tuned.yaml and every trial into tune.json, beside the entries of groupers tuned before (a grouper
-    already there is tuned again only with `overwrite`; with `write` False nothing is written).
+    """Tune the groupers `names` (default: every one that fits the run, `default_groupers`, the config's
+    first) of a trained run on its tune split, with the run's config and `overrides` (eval keys, say).
+    Their chosen blocks go into tuned.yaml and every trial into tune.json, beside the entries of
+    groupers tuned before (a grouper already there is tuned again only with `overwrite`; with `write`
+    False nothing is written).
     Returns grouper -> (the config's trial, the best trial, every trial)."""
     run_dir = Path(run_dir)
     family = metric_family(metric)  # a bad metric, grouper or budget fails before the network runs

@@ -78,13 +78,13 @@ def as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32)  # no copy for float32 numpy arrays
 
 
-def foreground_mask(outputs: dict, seediness_threshold: float = 0.5) -> torch.Tensor:
-    """[H, W] bool: pixels whose most likely class is not background (or seediness above threshold)."""
+def foreground_mask(outputs: dict) -> torch.Tensor:
+    """[H, W] bool: pixels whose most likely class is not background (without class scores: seediness > 0.5)."""
     if "semantic" in outputs:
         probs = as_tensor(outputs["semantic"])
         return probs[1:].amax(0) > probs[0]  # = argmax != 0 (ties go to background), without the argmax
     if "seediness" in outputs:
-        return as_tensor(outputs["seediness"]) > seediness_threshold
+        return as_tensor(outputs["seediness"]) > 0.5
     raise KeyError("grouping needs 'semantic' or 'seediness' in outputs to find the foreground")
 
 

@@ -70,9 +70,9 @@ class SpatialGrouper(Grouper):
         positions = x[order, :2]
         scale = np.exp(np.minimum(x[order, 2:], MAX_LOG_SCALE))  # finite, so each seed lies in its own kernel
         reach = np.sqrt(math.log(2.0) / scale.min(1)) * (1 + 1e-9)  # phi > 0.5 needs |e_y - c_y| < reach
-        seed_score = seediness.numpy()[order]
-        seeds = np.flatnonzero(seed_score >= self.seed_threshold)
-        seeds = seeds[np.argsort(-seed_score[seeds], kind="stable")]  # highest first (ties: the lower e_y)
+        seediness_sorted = seediness.numpy()[order]
+        seeds = np.flatnonzero(seediness_sorted >= self.seed_threshold)
+        seeds = seeds[np.argsort(-seediness_sorted[seeds], kind="stable")]  # highest first (ties: the lower e_y)
         free = np.ones(len(x), dtype=bool)  # in no proposal yet
         masks = []
         centres, scales = np.zeros((self.max_instances, 2)), np.zeros((self.max_instances, scale.shape[1]))
@@ -108,7 +108,7 @@ class SpatialGrouper(Grouper):
         if not masks:
             return no_masks((h, w))
         members, sizes = np.concatenate(masks), np.array([len(m) for m in masks])
-        mean_seediness = np.add.reduceat(seed_score[members], np.cumsum(sizes) - sizes) / sizes
+        mean_seediness = np.add.reduceat(seediness_sorted[members], np.cumsum(sizes) - sizes) / sizes
         image_masks = torch.zeros(len(masks), h * w, dtype=torch.bool)
         image_masks[torch.repeat_interleave(torch.arange(len(masks)), torch.from_numpy(sizes)),
                     pixel_index[torch.from_numpy(order[members])]] = True

@@ -15,25 +15,24 @@ from pathlib import Path
 import numpy as np
 
 from embedseg.config import Config, ConfigError
-from embedseg.data.io import read_label
+from embedseg.data.io import LABEL_EXTENSIONS, read_label
 from embedseg.engine.evaluator import config_evaluators, ground_truth_instances
 from embedseg.engine.run import dataset_for_split
 from embedseg.evaluation import evaluate_all
 from embedseg.structures import Instances
 
 LABELS_DIR = "labels"
-LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 TIMING_FILE = "timing.json"
 
 
 def labels_present(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() in LABEL_SUFFIXES for p in folder.iterdir())
+    return folder.is_dir() and any(p.suffix.lower() in LABEL_EXTENSIONS for p in folder.iterdir())
 
 
 def predicted_labels(folder: Path, name: str, size: tuple[int, int], split: str) -> np.ndarray:
     """The label image of image `name` in `folder`; a missing one or one of another size than the image
     (`size`: height, width) is an error naming the file."""
-    path = next((folder / f"{name}{s}" for s in LABEL_SUFFIXES if (folder / f"{name}{s}").is_file()), None)
+    path = next((folder / f"{name}{s}" for s in LABEL_EXTENSIONS if (folder / f"{name}{s}").is_file()), None)
     if path is None:
         raise FileNotFoundError(f"{folder} has no label image {name}.png or {name}.tif for image {name!r} of the "
                                 f"{split} split: the program must predict every image of the split")

@@ -47,7 +47,8 @@ def finished_results(suite: Suite, budget: str, runs: Path, row, kept: bool = Fa
 def collect(suite: Suite, budget: str, runs: Path, kept: bool = False) -> list[RowResult]:
     """The table's rows: references, then ours from the finished results under `runs` (and, with `kept`,
     those kept beside the suite.yaml)."""
-    rows = [RowResult(r.name, "paper", list(r.values), [None] * len(r.values), None, []) for r in suite.references]
+    rows = [RowResult(f"{r.name} ({r.note})" if r.note else r.name, "paper", list(r.values), [None] * len(r.values),
+                      None, []) for r in suite.references]
     for row in suite.rows:
         results = finished_results(suite, budget, runs, row, kept)
         means, stds = [], []

@@ -9,7 +9,7 @@
     figure: iou  # iou: columns against their IoU threshold; bars: one bar group per row;
                  # ap_vs_time: AP against group_ms_median, a point per row; none
     references:  # copied from the paper; shown above ours, never re-run
-      - {name: EmbedSeg, values: [0.876, ...], note: their split, GPU}
+      - {name: EmbedSeg, values: [0.876, ...], note: "their split, GPU"}  # shown after the name
     rows:  # ours: trained, tuned and evaluated by `embedseg reproduce`
       - name: discriminative, meanshift
         config: {cpu: ../dsb2018/cpu.yaml, full: ../dsb2018/full.yaml}  # per budget
