@@ -115,7 +115,8 @@ def test_two_process_evaluation_gives_exactly_the_one_process_metrics(tmp_path):
 
 
 class Counting:
-    """A predictor with outputs that float16 holds exactly, counting its calls."""
+    """A predictor counting its calls: embedding values that float16 holds exactly, seediness values near 1
+    that float16 would tie (0.99999 to 0.99988 all round to 1.0)."""
 
     def __init__(self):
         self.calls = 0
@@ -123,7 +124,8 @@ class Counting:
     def __call__(self, image):
         self.calls += 1
         value = float(image[0, 0, 0])
-        return {"embedding": np.full((2, 3, 4), value + 0.5, np.float32), "seediness": np.full((3, 4), 0.25, np.float32)}
+        seediness = 1 - 1e-5 * np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+        return {"embedding": np.full((2, 3, 4), value + 0.5, np.float32), "seediness": seediness}
 
 
 def test_output_cache_returns_the_outputs_and_is_reused_for_the_same_key(tmp_path):
@@ -138,6 +140,7 @@ def test_output_cache_returns_the_outputs_and_is_reused_for_the_same_key(tmp_pat
         for name in expected:
             assert reread[i][name].dtype == np.float32
             np.testing.assert_array_equal(reread[i][name], expected[name])
+    assert len(np.unique(reread[0]["seediness"])) == 12  # stored as float32: no ties in the seed order
     predictor.calls = 0
     assert reuse_or_cache(predictor, ds, tmp_path / "cache", [0, 2], {"split": "val"}).indices == [0, 1, 2]
     assert predictor.calls == 0  # every image was cached with this key

@@ -1,11 +1,15 @@
 """Network outputs cached on disk, so that several groupers or parameter settings reuse one network pass.
 
-`cache_outputs` writes image i's outputs (the predictor's dict: embedding, seediness, semantic) as
-float16 to FOLDER/<i:06d>.npz, one file per image, each written whole (embedseg.outputs), and
-FOLDER/cache.json last: a folder with a cache.json holds every image it lists. `OutputCache` reads
-them back as float32 arrays, one image at a time, so a sweep never holds more than one image's
-outputs in memory. float16 keeps about three significant digits: groupers fed from the cache can
-differ from groupers fed the network's float32 outputs at pixels on a decision boundary.
+`cache_outputs` writes image i's outputs (the predictor's dict: embedding, seediness, semantic) to
+FOLDER/<i:06d>.npz, one file per image, each written whole (embedseg.outputs), and FOLDER/cache.json
+last: a folder with a cache.json holds every image it lists. `OutputCache` reads them back as float32
+arrays, one image at a time, so a sweep never holds more than one image's outputs in memory.
+
+The embedding, the bulk of the outputs, is stored as float16, which keeps about three significant
+digits: groupers fed from the cache can differ from groupers fed the network's float32 outputs at
+pixels on a decision boundary. The seediness and class scores stay float32: groupers rank and
+threshold them, and in float16 the seediness values near 1 of one instance's centre tie, so a grouper
+would start from another seed pixel and can find other instances.
 """
 from __future__ import annotations
 
@@ -27,14 +31,15 @@ def image_file(folder: Path, index: int) -> Path:
 def cache_outputs(predictor, dataset, folder: str | Path, indices=None, key: dict | None = None,
                   progress: bool = True) -> OutputCache:
     """Run `predictor` on `dataset[i]["image"]` for every i of `indices` (default: all) and store the
-    outputs as float16 in `folder`; `key` (JSON, e.g. checkpoint and split) is recorded with them
+    outputs in `folder` (the embedding as float16, the rest float32); `key` (JSON, e.g. checkpoint and split) is recorded with them
     so that a reader can tell which network pass they are. Returns the reader."""
     folder = Path(folder)
     indices = list(range(len(dataset)) if indices is None else indices)
     for i in tqdm(indices, desc="cache outputs", disable=None if progress else True, leave=False):
         outputs = predictor(dataset[i]["image"])
         with atomic_path(image_file(folder, i)) as tmp:
-            np.savez(tmp, **{name: np.asarray(value, np.float16) for name, value in outputs.items()})
+            np.savez(tmp, **{name: np.asarray(value, np.float16 if name == "embedding" else np.float32)
+                             for name, value in outputs.items()})
     write_json(folder / INDEX, {"images": indices, "key": key})
     return OutputCache(folder)
 
