@@ -150,6 +150,10 @@ def test_output_cache_returns_the_outputs_and_is_reused_for_the_same_key(tmp_pat
                           progress=False).indices == [1]
     with pytest.raises(KeyError, match="image 0 is not in the output cache"):
         OutputCache(tmp_path / "cache")[0]  # the replaced cache lists image 1 only; image 0's file is stale
+    index = tmp_path / "cache" / "cache.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))  # as an older embedseg wrote it
+    with pytest.raises(FileExistsError, match=r"holds outputs in an older storage format \(1: the seediness as float16\)"):
+        reuse_or_cache(predictor, ds, tmp_path / "cache", [1], {"split": "test"})
     with pytest.raises(FileNotFoundError, match="holds no output cache"):
         OutputCache(tmp_path)
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from embedseg.outputs import atomic_path, write_json
 
 INDEX = "cache.json"
+FORMAT = 2  # 1: every output as float16 (caches written before the seediness and class scores stayed float32)
 
 
 def image_file(folder: Path, index: int) -> Path:
@@ -31,8 +32,9 @@ def image_file(folder: Path, index: int) -> Path:
 def cache_outputs(predictor, dataset, folder: str | Path, indices=None, key: dict | None = None,
                   progress: bool = True) -> OutputCache:
     """Run `predictor` on `dataset[i]["image"]` for every i of `indices` (default: all) and store the
-    outputs in `folder` (the embedding as float16, the rest float32); `key` (JSON, e.g. checkpoint and split) is recorded with them
-    so that a reader can tell which network pass they are. Returns the reader."""
+    outputs in `folder` (the embedding as float16, the rest float32); `key` (JSON, e.g. checkpoint
+    and split) is recorded with them so that a reader can tell which network pass they are. Returns
+    the reader."""
     folder = Path(folder)
     indices = list(range(len(dataset)) if indices is None else indices)
     for i in tqdm(indices, desc="cache outputs", disable=None if progress else True, leave=False):
@@ -40,7 +42,7 @@ def cache_outputs(predictor, dataset, folder: str | Path, indices=None, key: dic
         with atomic_path(image_file(folder, i)) as tmp:
             np.savez(tmp, **{name: np.asarray(value, np.float16 if name == "embedding" else np.float32)
                              for name, value in outputs.items()})
-    write_json(folder / INDEX, {"images": indices, "key": key})
+    write_json(folder / INDEX, {"images": indices, "key": key, "format": FORMAT})
     return OutputCache(folder)
 
 
@@ -54,7 +56,7 @@ class OutputCache:
             raise FileNotFoundError(f"{self.folder} holds no output cache ({INDEX} is missing; "
                                     f"cache_outputs writes it last)")
         meta = json.loads(index.read_text())
-        self.indices, self.key = list(meta["images"]), meta["key"]
+        self.indices, self.key, self.format = list(meta["images"]), meta["key"], meta.get("format", 1)
         self.listed = set(self.indices)
 
     def __len__(self) -> int:
@@ -71,14 +73,17 @@ class OutputCache:
 def reuse_or_cache(predictor, dataset, folder: str | Path, indices, key: dict, overwrite: bool = False,
                    progress: bool = True) -> OutputCache:
     """The cache in `folder` when it holds the outputs of `key` for every image of `indices`; else the
-    outputs computed and cached there. A cache of another `key` is replaced only with `overwrite`."""
+    outputs computed and cached there. A cache of another `key` or an older storage format is replaced
+    only with `overwrite`."""
     folder, indices = Path(folder), list(indices)
     if (folder / INDEX).exists():
         cache = OutputCache(folder)
-        if cache.key == key and set(indices) <= set(cache.indices):
+        same = cache.key == key and cache.format == FORMAT
+        if same and set(indices) <= set(cache.indices):
             return cache
-        if cache.key != key and not overwrite:
+        if not same and not overwrite:
             differ = sorted(k for k in {*key, *(cache.key or {})} if key.get(k) != (cache.key or {}).get(k))
-            raise FileExistsError(f"{folder} holds the outputs of another network pass ({', '.join(differ)} "
-                                  f"differ); use --overwrite to replace them, or another folder")
+            held = (f"the outputs of another network pass ({', '.join(differ)} differ)" if differ else
+                    f"outputs in an older storage format ({cache.format}: the seediness as float16)")
+            raise FileExistsError(f"{folder} holds {held}; use --overwrite to replace them, or another folder")
     return cache_outputs(predictor, dataset, folder, indices, key, progress)
