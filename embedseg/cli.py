@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier grouping_<split>.* files of this run "
                                                             "(and a --cache folder of another network pass)")
     p.add_argument("--cache", metavar="DIR", help="read the network outputs from the output cache in DIR, computing "
-                                                  "and caching them there (embedding as float16) first when it lacks "
-                                                  "them, so later comparisons skip the network")
+                                                  "and caching them there first when it lacks them, "
+                                                  "so later comparisons skip the network")
     p.add_argument("--threads", type=int, help="torch CPU threads for the network and the groupers (default: "
                                                "torch's; 1 gives steadier times on a busy machine)")
     add_untuned(p)

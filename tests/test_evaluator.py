@@ -115,8 +115,8 @@ def test_two_process_evaluation_gives_exactly_the_one_process_metrics(tmp_path):
 
 
 class Counting:
-    """A predictor counting its calls: embedding values that float16 holds exactly, seediness values near 1
-    that float16 would tie (0.99999 to 0.99988 all round to 1.0)."""
+    """A predictor counting its calls: pixel positions in the embedding that float16 would round to
+    half a pixel, seediness values near 1 that float16 would tie (0.99999 to 0.99988 all round to 1.0)."""
 
     def __init__(self):
         self.calls = 0
@@ -125,7 +125,7 @@ class Counting:
         self.calls += 1
         value = float(image[0, 0, 0])
         seediness = 1 - 1e-5 * np.arange(1, 13, dtype=np.float32).reshape(3, 4)
-        return {"embedding": np.full((2, 3, 4), value + 0.5, np.float32), "seediness": seediness}
+        return {"embedding": np.full((2, 3, 4), value + 300.3, np.float32), "seediness": seediness}
 
 
 def test_output_cache_returns_the_outputs_and_is_reused_for_the_same_key(tmp_path):
@@ -151,8 +151,8 @@ def test_output_cache_returns_the_outputs_and_is_reused_for_the_same_key(tmp_pat
     with pytest.raises(KeyError, match="image 0 is not in the output cache"):
         OutputCache(tmp_path / "cache")[0]  # the replaced cache lists image 1 only; image 0's file is stale
     index = tmp_path / "cache" / "cache.json"
-    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))  # as an older embedseg wrote it
-    with pytest.raises(FileExistsError, match=r"holds outputs in an older storage format \(1: the seediness as float16\)"):
+    index.write_text(json.dumps({**json.loads(index.read_text()), "format": 2}))  # as an older embedseg wrote it
+    with pytest.raises(FileExistsError, match=r"holds outputs in an older storage format \(2: the embedding as float16\)"):
         reuse_or_cache(predictor, ds, tmp_path / "cache", [1], {"split": "test"})
     with pytest.raises(FileNotFoundError, match="holds no output cache"):
         OutputCache(tmp_path)

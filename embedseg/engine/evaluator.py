@@ -169,8 +169,8 @@ def compare_groupers(config, model, class_names: list[str], names: list[str] | N
     per image; the timings are of grouping alone. `metrics` defaults to the config's eval.metrics
     plus "coco" (the comparison table shows COCO AP). With `cache_dir` the network outputs come from
     the output cache there when it holds this network's outputs of these images, else they are
-    computed and cached there first (embedding as float16; see engine.output_cache); a cache of
-    another network or split is replaced only with `overwrite_cache`.
+    computed and cached there first (see engine.output_cache); a cache of another network or split
+    is replaced only with `overwrite_cache`.
     """
     from embedseg.config import spatial_embedding
     from embedseg.engine.run import build_groupers, build_predictor, dataset_for_split

@@ -2,14 +2,13 @@
 
 `cache_outputs` writes image i's outputs (the predictor's dict: embedding, seediness, semantic) to
 FOLDER/<i:06d>.npz, one file per image, each written whole (embedseg.outputs), and FOLDER/cache.json
-last: a folder with a cache.json holds every image it lists. `OutputCache` reads them back as float32
-arrays, one image at a time, so a sweep never holds more than one image's outputs in memory.
+last: a folder with a cache.json holds every image it lists. `OutputCache` reads them back one image
+at a time, so a sweep never holds more than one image's outputs in memory.
 
-The embedding, the bulk of the outputs, is stored as float16, which keeps about three significant
-digits: groupers fed from the cache can differ from groupers fed the network's float32 outputs at
-pixels on a decision boundary. The seediness and class scores stay float32: groupers rank and
-threshold them, and in float16 the seediness values near 1 of one instance's centre tie, so a grouper
-would start from another seed pixel and can find other instances.
+Every output is stored as float32, as the network gives it, so grouping the cached outputs gives what
+grouping the network's outputs gives. Half precision does not do that: the seediness values near 1 at
+an instance's centre tie, so a grouper starts from another seed pixel, and a spatial embedding holds
+pixel positions, which float16 rounds to half a pixel on a 500-pixel image.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from embedseg.outputs import atomic_path, write_json
 
 INDEX = "cache.json"
-FORMAT = 2  # 1: every output as float16 (caches written before the seediness and class scores stayed float32)
+FORMAT = 3  # 1: every output as float16; 2: the embedding as float16. Older formats are replaced, not read
 
 
 def image_file(folder: Path, index: int) -> Path:
@@ -32,16 +31,14 @@ def image_file(folder: Path, index: int) -> Path:
 def cache_outputs(predictor, dataset, folder: str | Path, indices=None, key: dict | None = None,
                   progress: bool = True) -> OutputCache:
     """Run `predictor` on `dataset[i]["image"]` for every i of `indices` (default: all) and store the
-    outputs in `folder` (the embedding as float16, the rest float32); `key` (JSON, e.g. checkpoint
-    and split) is recorded with them so that a reader can tell which network pass they are. Returns
-    the reader."""
+    outputs in `folder` as float32; `key` (JSON, e.g. checkpoint and split) is recorded with them so
+    that a reader can tell which network pass they are. Returns the reader."""
     folder = Path(folder)
     indices = list(range(len(dataset)) if indices is None else indices)
     for i in tqdm(indices, desc="cache outputs", disable=None if progress else True, leave=False):
         outputs = predictor(dataset[i]["image"])
         with atomic_path(image_file(folder, i)) as tmp:
-            np.savez(tmp, **{name: np.asarray(value, np.float16 if name == "embedding" else np.float32)
-                             for name, value in outputs.items()})
+            np.savez(tmp, **{name: np.asarray(value, np.float32) for name, value in outputs.items()})
     write_json(folder / INDEX, {"images": indices, "key": key, "format": FORMAT})
     return OutputCache(folder)
 
@@ -67,7 +64,7 @@ class OutputCache:
         if index not in self.listed:  # a file of an earlier cache in the same folder does not count
             raise KeyError(f"image {index} is not in the output cache {self.folder} ({len(self)} images cached)")
         with np.load(path) as stored:
-            return {name: stored[name].astype(np.float32) for name in stored.files}
+            return {name: stored[name].astype(np.float32, copy=False) for name in stored.files}
 
 
 def reuse_or_cache(predictor, dataset, folder: str | Path, indices, key: dict, overwrite: bool = False,
@@ -84,6 +81,7 @@ def reuse_or_cache(predictor, dataset, folder: str | Path, indices, key: dict, o
         if not same and not overwrite:
             differ = sorted(k for k in {*key, *(cache.key or {})} if key.get(k) != (cache.key or {}).get(k))
             held = (f"the outputs of another network pass ({', '.join(differ)} differ)" if differ else
-                    f"outputs in an older storage format ({cache.format}: the seediness as float16)")
+                    f"outputs in an older storage format ({cache.format}: "
+                    f"{'every output' if cache.format == 1 else 'the embedding'} as float16)")
             raise FileExistsError(f"{folder} holds {held}; use --overwrite to replace them, or another folder")
     return cache_outputs(predictor, dataset, folder, indices, key, progress)
