@@ -91,11 +91,15 @@ def test_search_axes_cover_the_chain():
     assert set(axes) == {"bandwidth", "min_size", "postprocess[1].threshold"}
 
 
-def test_tuning_key_changes_with_the_values_searched(tiny_config_file, monkeypatch):
-    # a tuning copied from another run (embedseg reproduce) must have searched the values searched now
+def test_tuning_key_changes_with_the_values_searched_and_the_cache_precision(tiny_config_file, monkeypatch):
+    # a tuning copied from another run (embedseg reproduce) must have searched the values searched now,
+    # on outputs cached as precisely as now
     config = load_config(tiny_config_file)
     key = tuning_key(config, "meanshift", "AP", 24)
     assert tuning_key(config, "meanshift", "AP", 24) == key != tuning_key(config, "meanshift", "AP50", 24)
+    monkeypatch.setattr("embedseg.engine.tuning.CACHE_FORMAT", 2)  # the embedding cached as float16
+    assert tuning_key(config, "meanshift", "AP", 24) != key
+    monkeypatch.undo()
     monkeypatch.setitem(GROUPERS.get("meanshift").search_space, "min_size", [5, 10])
     assert tuning_key(config, "meanshift", "AP", 24) != key
 

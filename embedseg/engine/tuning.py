@@ -30,6 +30,7 @@ from tqdm import tqdm
 from embedseg.config import Config, digest, read_yaml, resolved_dict, spatial_embedding
 from embedseg.data.tune import TUNE_SPLIT
 from embedseg.engine.evaluator import config_evaluators, run_groupers, score_groupers
+from embedseg.engine.output_cache import FORMAT as CACHE_FORMAT
 from embedseg.engine.output_cache import cache_outputs
 from embedseg.engine.run import TUNED_FILE, build_predictor, dataset_for_split, find_checkpoint, load_run
 from embedseg.grouping import GROUPERS, POSTPROCESS, build_grouper, default_groupers
@@ -147,12 +148,12 @@ def start_block(name: str, block: dict | None) -> dict:
 def tuning_key(config: Config, name: str, metric: str, trials: int) -> str:
     """What the trials of tuning grouper `name` depend on besides the weights, hashed: the run's
     resolved config (its name aside, of the grouping blocks only `name`'s), the values searched, the
-    metric and the trials."""
+    metric, the trials and the precision the outputs are cached in (CACHE_FORMAT)."""
     setup = resolved_dict(config)
     del setup["name"]
     setup["grouping"] = {name: setup["grouping"].get(name)}
     search = {"config": setup, "grouper": name, "axes": search_axes(name, setup["grouping"][name] or {}),
-              "metric": metric, "trials": trials}
+              "metric": metric, "trials": trials, "cache_format": CACHE_FORMAT}
     return digest(search)
 
 
