@@ -21,7 +21,7 @@ from tqdm import tqdm
 from embedseg.outputs import atomic_path, write_json
 
 INDEX = "cache.json"
-FORMAT = 3  # 1: every output as float16; 2: the embedding as float16. Older formats are replaced, not read
+FORMAT = 3  # 1: every output as float16; 2: the embedding as float16 (reuse_or_cache replaces both)
 
 
 def image_file(folder: Path, index: int) -> Path:
