@@ -4,10 +4,10 @@ A trial is one grouping block (the grouper's parameters and its post-processing 
 one metric over every tune image. The network runs once per tune image; its outputs are cached on
 disk (embedseg.engine.output_cache) for the duration of the search. The values tried come from the
 search spaces declared next to the code: `Grouper.search_space` for the grouper's own parameters and
-the `search_space` of each post-processing step in the block's chain (key `postprocess[i].param`). The search is coordinate ascent from the config's block: each
-parameter in turn takes every value of its axis with the others held at the best setting so far;
-rounds repeat until one changes nothing or `trials` distinct settings have been scored. Every
-grouper gets the same `trials`.
+the `search_space` of each post-processing step in the block's chain (key `postprocess[i].param`).
+The search is coordinate ascent from the config's block: each parameter in turn takes every value of
+its axis with the others held at the best setting so far; rounds repeat until one changes nothing or
+`trials` distinct settings have been scored. Every grouper gets the same `trials`.
 
 tune.json records per grouper a `key` (tuning_key): a hash of everything its trials depend on, so
 that the same search on the same network elsewhere (embedseg.suites.reproduce) is copied, not run again.
