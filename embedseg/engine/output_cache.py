@@ -21,7 +21,8 @@ from tqdm import tqdm
 from embedseg.outputs import atomic_path, write_json
 
 INDEX = "cache.json"
-FORMAT = 3  # 1: every output as float16; 2: the embedding as float16 (reuse_or_cache replaces both)
+FORMAT = 3
+OLDER_FORMATS = {1: "every output as float16", 2: "the embedding as float16"}  # reuse_or_cache replaces them
 
 
 def image_file(folder: Path, index: int) -> Path:
@@ -81,7 +82,6 @@ def reuse_or_cache(predictor, dataset, folder: str | Path, indices, key: dict, o
         if not same and not overwrite:
             differ = sorted(k for k in {*key, *(cache.key or {})} if key.get(k) != (cache.key or {}).get(k))
             held = (f"the outputs of another network pass ({', '.join(differ)} differ)" if differ else
-                    f"outputs in an older storage format ({cache.format}: "
-                    f"{'every output' if cache.format == 1 else 'the embedding'} as float16)")
+                    f"outputs in an older storage format ({cache.format}: {OLDER_FORMATS.get(cache.format, 'unknown')})")
             raise FileExistsError(f"{folder} holds {held}; use --overwrite to replace them, or another folder")
     return cache_outputs(predictor, dataset, folder, indices, key, progress)
