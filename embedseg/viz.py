@@ -97,17 +97,26 @@ def plot_ap_vs_time(results: dict[str, dict], path: str | Path, title: str | Non
     return Path(path)
 
 
+def margin_radii(embedding: np.ndarray, coord_scale: float) -> np.ndarray:
+    """[n_sigma, H, W]: per axis, the distance in pixels at which a kernel with a spatial embedding's
+    margin (channels 2 onwards, embedseg.losses.spatial) falls to 0.5: sqrt(log 2 / exp(sigma)) units."""
+    return np.sqrt(np.log(2) / np.exp(np.asarray(embedding[2:], dtype=np.float64))) / coord_scale
+
+
 def plot_spatial_outputs(images: list[np.ndarray], outputs: list[dict], coord_scale: float,
                          path: str | Path) -> Path:
     """What a spatial embedding predicts (embedseg.losses.spatial), one row per image: the image with the
     centre each foreground pixel points at (dots), the seed map, and the learned margin as the radius in
-    pixels at which a seed's kernel falls to 0.5 (sqrt(log 2 / exp(sigma)) units; the mean over the
-    axes of an anisotropic margin), on the foreground."""
-    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
+    pixels at which a seed's kernel falls to 0.5 (margin_radii; the mean over the axes of a margin per
+    axis), on the foreground. A margin per axis adds its elongation: log2 of the radius along y over the
+    radius along x (channels 2 and 3 pair with positions y and x)."""
+    per_axis = outputs[0]["embedding"].shape[0] == 4
+    columns = 4 if per_axis else 3
+    fig, axes = plt.subplots(len(images), columns, figsize=(3 * columns, 3 * len(images)), squeeze=False)
     for row, (image, out) in enumerate(zip(images, outputs)):
         foreground = foreground_mask(out).numpy()
         centres = out["embedding"][:2, foreground] / coord_scale  # (y, x) in pixels
-        radius = np.sqrt(np.log(2) / np.exp(out["embedding"][2:])).mean(0) / coord_scale
+        radii = margin_radii(out["embedding"], coord_scale)
         axes[row, 0].imshow(image)
         axes[row, 0].scatter(centres[1], centres[0], s=0.2, c="yellow", alpha=0.3, linewidths=0)
         axes[row, 0].set_xlim(0, image.shape[1] - 1)
@@ -116,9 +125,17 @@ def plot_spatial_outputs(images: list[np.ndarray], outputs: list[dict], coord_sc
         seeds = axes[row, 1].imshow(out["seediness"], vmin=0, vmax=1, cmap="magma")
         axes[row, 1].set_title("seed map", fontsize=9)
         fig.colorbar(seeds, ax=axes[row, 1], fraction=0.046)
-        margins = axes[row, 2].imshow(np.where(foreground, radius, np.nan), cmap="viridis")
+        margins = axes[row, 2].imshow(np.where(foreground, radii.mean(0), np.nan), cmap="viridis")
         axes[row, 2].set_title("margin (kernel 0.5 at, px)", fontsize=9)
         fig.colorbar(margins, ax=axes[row, 2], fraction=0.046)
+        if per_axis:
+            elongation = np.log2(radii[0] / radii[1])
+            # at least +-0.1, so margins that are (nearly) equal show pale instead of noise at full colour
+            limit = max(float(np.abs(elongation[foreground]).max(initial=0.0)), 0.1)
+            shape = axes[row, 3].imshow(np.where(foreground, elongation, np.nan), cmap="coolwarm",
+                                        vmin=-limit, vmax=limit)
+            axes[row, 3].set_title("log2 margin y / x", fontsize=9)
+            fig.colorbar(shape, ax=axes[row, 3], fraction=0.046)
         for ax in axes[row]:
             ax.axis("off")
     fig.tight_layout()

@@ -17,6 +17,7 @@ from embedseg.losses import build_loss
 from embedseg.losses.base import ImageClusters
 from embedseg.losses.spatial import l1_medoids
 from embedseg.structures import Instances
+from embedseg.viz import margin_radii
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -195,15 +196,26 @@ def test_spatial_configs_that_do_not_fit_the_model_are_refused(overrides, match)
         load_config(EXPERIMENTS / "neven2019" / "synthetic_cpu.yaml", overrides)
 
 
+def test_margin_radii_are_where_the_kernel_falls_to_one_half():
+    embedding = np.zeros((4, 1, 1))
+    embedding[2], embedding[3] = np.log(np.log(2)), np.log(4 * np.log(2))  # exp(sigma): log 2 and 4 log 2
+    radii = margin_radii(embedding, coord_scale=0.5)
+    np.testing.assert_allclose(radii[:, 0, 0], [2.0, 1.0])  # 1 and 0.5 units, 2 pixels per unit
+    kernel = np.exp(-np.exp(embedding[2:, 0, 0]) * (radii[:, 0, 0] * 0.5) ** 2)  # the loss's kernel, per axis
+    np.testing.assert_allclose(kernel, [0.5, 0.5])
+
+
 def test_a_loss_term_set_to_null_is_dropped():
     config = load_config(EXPERIMENTS / "neven2019" / "synthetic_cpu.yaml")
     assert set(config.loss) == {"embedding", "semantic"}
 
 
+@pytest.mark.parametrize("n_sigma", [1, 2])
 def test_a_spatial_run_trains_evaluates_with_every_spatial_grouper_and_draws_its_seed_map(tiny_config_file, tmp_path,
-                                                                                          capsys):
-    spatial = ["model.embedding_dim=3", "model.coord_scale=0.1", "loss.seediness=null",
-               "loss.embedding={name: spatial, center: medoid, coord_scale: 0.1}", "grouping={spatial: {}}"]
+                                                                                          capsys, n_sigma):
+    spatial = [f"model.embedding_dim={2 + n_sigma}", "model.coord_scale=0.1", "loss.seediness=null",
+               f"loss.embedding={{name: spatial, n_sigma: {n_sigma}, center: medoid, coord_scale: 0.1}}",
+               "grouping={spatial: {}}"]
     run_dir = tmp_path / "run"
     args = [item for override in spatial for item in ("--set", override)]
     assert main(["train", str(tiny_config_file), "--out", str(run_dir), *args]) == 0
