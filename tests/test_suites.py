@@ -1,11 +1,11 @@
 """Paper-table suites: every shipped suite resolves; tables render from fabricated results (column
 order, reference rows, mean ± std, missing runs); `reproduce` skips finished rows and continues an
 interrupted one, runs only the rows --rows names, trains a recipe once across suites, copies the same
-tuning search on the same network instead of running it again, and scores an
-external row's label images (perfect ones: AP 1.0; none: the row is missing; a wrong size: an error
-naming the file); `table --all` keeps the results of runs whose folders are gone (strict JSON) and `reproduce
---skip-kept` runs only the seeds not kept; `reproduce --budget smoke` runs every shipped suite end to
-end (real data)."""
+tuning search on the same network instead of running it again, and scores an external row's label
+images (perfect ones: AP 1.0; none: the row is missing; a second run: mean and std; a wrong size: an
+error naming the file); `table --all` keeps the results of runs whose folders are gone (strict JSON)
+and `reproduce --skip-kept` runs only the seeds not kept; `reproduce --budget smoke` runs every
+shipped suite end to end (real data)."""
 from __future__ import annotations
 
 import json
@@ -327,15 +327,19 @@ def test_external_row_scores_label_images(tmp_path, capsys, caplog):
     result = json.loads(result_file(labels.parent, suite.rows[0]).read_text())
     assert result["external"] and result["images"] == 2 and result["seconds"]["train"] == 12.5
     assert result["scores"]["group_ms_median"] == 22.0 and result["scores"]["instances_per_image"] == 3.0
-    assert not (labels.parents[1] / "seed1").exists()  # one external run: one seed
+    assert not (labels.parents[1] / "seed1").exists()  # a seed without label images stays missing
 
-    result_file(labels.parent, suite.rows[0]).unlink()
+    second = labels.parents[1] / "seed1" / "labels"  # a second run of the program
+    second.mkdir(parents=True)
+    Image.open(tmp_path / "data" / "val" / "masks" / "img0.png").save(second / "img0.png")
     half = perfect.copy()
     half[half == 2] = 0  # one of the three nuclei of img1 not found: 2 TP, 1 FN there
-    Image.fromarray(half).save(labels / "img1.png")
+    Image.fromarray(half).save(second / "img1.png")
     assert main(args) == 0
-    scores = json.loads(result_file(labels.parent, suite.rows[0]).read_text())["scores"]
-    assert scores["match_AP50"] == pytest.approx((1 + 2 / 3) / 2)
+    result = json.loads(result_file(second.parent, suite.rows[0]).read_text())
+    assert result["seed"] == 1 and result["scores"]["match_AP50"] == pytest.approx((1 + 2 / 3) / 2)
+    # the row is the mean and std over its two runs: (1 + 5/6) / 2 and std 0.118 of both matching APs
+    assert "| 91.7 ± 11.8 | 91.7 ± 11.8 | 2 |" in capsys.readouterr().out
 
 
 def test_external_row_refuses_a_label_image_of_another_size_or_none(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 Reference rows (copied from the paper) come first, then ours: the mean +- std over the seeds that
 finished (the std only with more than one), the number of seeds in its own column. An external row
-(another program's label images, scored here: one run, no std) has the source "external". A row with
+(another program's label images, scored here: one seed per run of it) has the source "external". A row with
 no finished seed reads "missing", never a number.
 
 `table --all` renders from the results kept beside each suite.yaml (embedseg.suites.reproduce.keep_results,

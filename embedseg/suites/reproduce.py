@@ -14,8 +14,9 @@ is finished and never retrained, so a second call continues where the first stop
 folder; with `skip_kept` a (row, seed) kept there counts as finished too, so a new runs folder runs only
 the seeds the suite has no result for.
 
-An external row (`external: true`) has one seed and no network: it scores the label images another
-program wrote into `<run dir>/labels/` (embedseg.suites.external) and is left missing until they are there.
+An external row (`external: true`) has no network: seed k scores the label images that the other program's
+k-th run (a training seed of its own, or a repeat) wrote into `<run dir>/labels/` (embedseg.suites.external),
+so several runs give it a mean and std like ours; a seed stays missing until its label images are there.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def reproduce(suite: Suite, budget: str, seeds: int, runs: Path, rows: str | Non
             log.info("%s: %r has no config for the %s budget; skipped", suite.name, row.name, budget)
             continue
         kept = kept_results(suite, budget, row) if skip_kept else {}
-        for seed in range(1 if row.external else seeds):
+        for seed in range(seeds):
             run_dir = row_dir(runs, suite, budget, row, seed)
             if result_file(run_dir, row).is_file():
                 log.info("%s: %r seed %d is finished (%s)", suite.name, row.name, seed, result_file(run_dir, row))
@@ -128,7 +129,7 @@ def reproduce(suite: Suite, budget: str, seeds: int, runs: Path, rows: str | Non
                 log.info("%s: %r seed %d is kept (%s)", suite.name, row.name, seed, kept[seed])
                 continue
             elif row.external:
-                score_external_row(suite, row, budget, run_dir)
+                score_external_row(suite, row, budget, seed, run_dir)
             else:
                 run_row(suite, row, budget, seed, runs)
             done.append(run_dir)
@@ -179,14 +180,14 @@ def train_row(suite: Suite, row: Row, budget: str, seed: int, runs: Path, config
     return record_training(run_dir, runs, config, run_dir)
 
 
-def score_external_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> dict | None:
-    """Score the label images of an external row (in `<run_dir>/labels/`) and write its row_<row>.json;
-    None, after one log line saying where they go, while there are none."""
+def score_external_row(suite: Suite, row: Row, budget: str, seed: int, run_dir: Path) -> dict | None:
+    """Score the label images of one run of an external row (in `<run_dir>/labels/`) and write its
+    row_<row>.json; None, after one log line saying where they go, while there are none."""
     labels = run_dir / LABELS_DIR
     if not labels_present(labels):
-        log.warning("%s: %r has no label images yet: put them (<image name>.png or .tif, 0 = background) in %s, "
-                    "as experiments/%s/README.md tells; the row stays missing until then", suite.name, row.name,
-                    labels, suite.name)
+        log.warning("%s: %r seed %d has no label images yet: put them (<image name>.png or .tif, 0 = background) "
+                    "in %s, as experiments/%s/README.md tells; that seed stays missing until then", suite.name,
+                    row.name, seed, labels, suite.name)
         return None
     overrides = [*row.overrides, *suite.budget_overrides(budget), *suite.evaluate, *row.evaluate]
     config = load_config(row.config_for(budget), overrides)
@@ -194,7 +195,7 @@ def score_external_row(suite: Suite, row: Row, budget: str, run_dir: Path) -> di
     start = time.perf_counter()
     scores, names, split_images = score_labels(config, labels)
     seconds, ms = read_timing(labels)
-    result = {"suite": suite.name, "row": row.name, "budget": budget, "seed": 0, "external": True,
+    result = {"suite": suite.name, "row": row.name, "budget": budget, "seed": seed, "external": True,
               "labels": str(labels), "split": config.eval.split, "images": len(names), "split_images": split_images,
               "scores": {**scores, **ms}, "seconds": {**seconds, "evaluate": time.perf_counter() - start},
               "config": config_name(row.config_for(budget)), "overrides": overrides, **provenance()}

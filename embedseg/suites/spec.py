@@ -19,7 +19,7 @@
         evaluate: [eval.oracle=[foreground]]  # optional: the row's own tune and evaluation overrides (ablations)
       - name: EmbedSeg 0.2.5, same box  # another program's predictions, scored here (embedseg.suites.external)
         config: {cpu: ../dsb2018/cpu.yaml}  # its eval split, metrics and thresholds; no training, no grouper
-        external: true  # label images in <runs>/<suite>/<budget>/<run>/seed0/labels/, one seed
+        external: true  # label images of its k-th run in <runs>/<suite>/<budget>/<run>/seed<k>/labels/
     budgets:  # overrides per budget; smoke runs the cpu config with these
       smoke: {set: [train.steps=3], trials: 2}
 
