@@ -198,7 +198,7 @@ def experiments_markdown(suites: list[Suite], budget: str, runs: Path, out: Path
                 "are the papers' numbers on their splits and hardware; ours are means ± std over the seeds that "
                 "finished, on our splits, with grouping parameters chosen on the tune split (carved from train) and "
                 "scores on val; external rows are another program's predictions made on the same machine and scored "
-                "here (one run); `missing` marks a row not run yet."), ""]
+                "here (mean ± std over its runs, one seed each); `missing` marks a row not run yet."), ""]
     if not full:
         sections += [("No suite has been run at the `full` budget (the papers' recipes, meant for a GPU): no GPU "
                      "was available to the runs recorded here."), ""]
