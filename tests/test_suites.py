@@ -290,6 +290,35 @@ def test_reproduce_copies_the_same_search_on_the_same_network(tmp_path, monkeypa
     assert any("copied from" in r.getMessage() for r in caplog.records)
 
 
+def test_reproduce_tunes_again_when_the_search_changed(tmp_path, monkeypatch, caplog):
+    suite = quickstart_suite(tmp_path / "suite", [("components", "components", [])], "AP")
+    runs, tuned = tmp_path / "runs", []
+    real_tune = reproduce_module.tune_run
+    caplog.set_level("INFO", logger="embedseg")
+
+    def counting_tune(run_dir, *args, **kwargs):
+        tuned.append(run_dir)
+        return real_tune(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "tune_run", counting_tune)
+    args = ["--budget", "smoke", "--seeds", "1", "--runs", str(runs)]
+    run_dir = row_dir(runs, suite, "smoke", suite.rows[0], 0)
+
+    def evaluate_again() -> str:
+        result_file(run_dir, suite.rows[0]).unlink()
+        assert main(["reproduce", str(suite.folder), *args]) == 0
+        return yaml.safe_load((run_dir / "tuned.yaml").read_text())["tuned"]["components"]["key"]
+
+    assert main(["reproduce", str(suite.folder), *args]) == 0
+    key = yaml.safe_load((run_dir / "tuned.yaml").read_text())["tuned"]["components"]["key"]
+    assert evaluate_again() == key and tuned == [run_dir]  # the same search: its tuning stands
+    monkeypatch.setattr(GROUPERS.get("components"), "search_space", {"min_size": [7]})
+    assert evaluate_again() != key and tuned == [run_dir, run_dir]
+    trials = json.loads((run_dir / "tune.json").read_text())["components"]["trials"]
+    assert any(t["block"]["min_size"] == 7 for t in trials)  # a value of the new search alone
+    assert any("tuning it again" in r.getMessage() for r in caplog.records)
+
+
 def external_suite(tmp_path, sizes=((40, 48), (32, 32))):
     """A one-class folder data set whose val images have planted nuclei, and a suite whose only row
     scores external label images of it."""

@@ -4,8 +4,9 @@ Each (row, seed) runs in `<runs>/<suite>/<budget>/<run>/seed<k>` (rows that name
 its network) through three steps, each skipped when its output is there: training (resumed from
 checkpoints/last.pt when it stopped part-way; not done at all when a finished run of any suite under
 `<runs>` at this budget trained the same recipe, whose network is then linked in: embedseg.suites.training),
-`embedseg tune` of the row's grouper on the config's tune split (into tuned.yaml; copied from a run of
-another suite with the same network when that one ran the same search: find_tuning), and the evaluation of
+`embedseg tune` of the row's grouper on the config's tune split (into tuned.yaml, again when the tuning
+there ran another search, e.g. after a grouper's search space changed; copied from a run of another suite
+with the same network when that one ran the same search: find_tuning), and the evaluation of
 that grouper on val with the tuned parameters, which writes row_<row>.json. A row with its row_<row>.json
 is finished and never retrained, so a second call continues where the first stopped.
 
@@ -37,7 +38,7 @@ from embedseg.engine.evaluator import compare_groupers
 from embedseg.engine.metrics_file import record_scores
 from embedseg.engine.run import TUNED_FILE, load_run
 from embedseg.engine.trainer import train
-from embedseg.engine.tuning import copy_tuning, read_tuned, tune_run, tuned_groupers, tuning_key
+from embedseg.engine.tuning import copy_tuning, read_tuned, tune_run, tuning_key
 from embedseg.outputs import write_json
 from embedseg.suites.external import LABELS_DIR, labels_present, read_timing, score_labels
 from embedseg.suites.spec import EXPERIMENTS, Row, Suite
@@ -204,7 +205,7 @@ def score_external_row(suite: Suite, row: Row, budget: str, seed: int, run_dir: 
 
 
 def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path, runs: Path) -> list[str]:
-    """Tune the row's grouper on the tune split (into the run's tuned.yaml, unless already there); the
+    """Tune the row's grouper on the tune split (into the run's tuned.yaml, unless the same search is there); the
     overrides its evaluation runs with. A row with its own `evaluate` overrides (an ablation) keeps
     its choice to itself: it goes into those overrides, not into tuned.yaml."""
     evaluate = [*suite.evaluate, *row.evaluate]
@@ -213,16 +214,21 @@ def tune_row(suite: Suite, row: Row, budget: str, run_dir: Path, runs: Path) -> 
         log.info("%s: %r: tuning %s on the tune split (%s)", suite.name, row.name, row.grouper, row.evaluate)
         best = tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate, write=False)
         return [*evaluate, f"grouping.{row.grouper}={json.dumps(best[row.grouper][1].block)}"]
-    if row.grouper not in tuned_groupers(run_dir):
-        key = tuning_key(load_config(run_dir / "config.yaml", evaluate), row.grouper, suite.tune_metric, trials)
-        source = find_tuning(runs, budget, run_dir, row.grouper, key)
-        if source is not None:
-            log.info("%s: %r: tuning of %s copied from %s (same network and search)", suite.name, row.name,
-                     row.grouper, source)
-            copy_tuning(source, run_dir, row.grouper)
-        else:
-            log.info("%s: %r: tuning %s on the tune split", suite.name, row.name, row.grouper)
-            tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overrides=evaluate)
+    key = tuning_key(load_config(run_dir / "config.yaml", evaluate), row.grouper, suite.tune_metric, trials)
+    tuned = (read_tuned(run_dir).get("tuned") or {}).get(row.grouper)
+    if tuned is not None and tuned.get("key") == key:
+        return evaluate
+    if tuned is not None:
+        log.info("%s: %r: %s was tuned with another search or config; tuning it again", suite.name, row.name,
+                 row.grouper)
+    source = find_tuning(runs, budget, run_dir, row.grouper, key)
+    if source is not None:
+        log.info("%s: %r: tuning of %s copied from %s (same network and search)", suite.name, row.name,
+                 row.grouper, source)
+        copy_tuning(source, run_dir, row.grouper)
+    else:
+        log.info("%s: %r: tuning %s on the tune split", suite.name, row.name, row.grouper)
+        tune_run(run_dir, [row.grouper], trials, suite.tune_metric, overwrite=True, overrides=evaluate)
     return evaluate
 
 
