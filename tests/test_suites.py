@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,18 +262,23 @@ def test_reproduce_trains_a_recipe_once_across_suites(tmp_path, monkeypatch, cap
     assert any("first/smoke/components/seed0" in r.getMessage() and "reused" in r.getMessage() for r in caplog.records)
 
 
-def test_reproduce_copies_the_same_search_on_the_same_network(tmp_path, monkeypatch, caplog):
-    first, second = (quickstart_suite(tmp_path / name, [("components", "components", [])], "AP")
-                     for name in ("first", "second"))
-    runs, tuned = tmp_path / "runs", []
-    real_tune = reproduce_module.tune_run
-    caplog.set_level("INFO", logger="embedseg")
+def count_tune_runs(monkeypatch) -> list[Path]:
+    """Make reproduce's tune_run record each run directory it tunes; returns that (growing) list."""
+    tuned, real_tune = [], reproduce_module.tune_run
 
     def counting_tune(run_dir, *args, **kwargs):
         tuned.append(run_dir)
         return real_tune(run_dir, *args, **kwargs)
 
     monkeypatch.setattr(reproduce_module, "tune_run", counting_tune)
+    return tuned
+
+
+def test_reproduce_copies_the_same_search_on_the_same_network(tmp_path, monkeypatch, caplog):
+    first, second = (quickstart_suite(tmp_path / name, [("components", "components", [])], "AP")
+                     for name in ("first", "second"))
+    runs, tuned = tmp_path / "runs", count_tune_runs(monkeypatch)
+    caplog.set_level("INFO", logger="embedseg")
     args = ["--budget", "smoke", "--seeds", "1", "--runs", str(runs)]
     assert main(["reproduce", str(first.folder), *args]) == 0
     assert main(["reproduce", str(second.folder), *args]) == 0
@@ -292,25 +298,20 @@ def test_reproduce_copies_the_same_search_on_the_same_network(tmp_path, monkeypa
 
 def test_reproduce_tunes_again_when_the_search_changed(tmp_path, monkeypatch, caplog):
     suite = quickstart_suite(tmp_path / "suite", [("components", "components", [])], "AP")
-    runs, tuned = tmp_path / "runs", []
-    real_tune = reproduce_module.tune_run
+    runs, tuned = tmp_path / "runs", count_tune_runs(monkeypatch)
     caplog.set_level("INFO", logger="embedseg")
-
-    def counting_tune(run_dir, *args, **kwargs):
-        tuned.append(run_dir)
-        return real_tune(run_dir, *args, **kwargs)
-
-    monkeypatch.setattr(reproduce_module, "tune_run", counting_tune)
     args = ["--budget", "smoke", "--seeds", "1", "--runs", str(runs)]
     run_dir = row_dir(runs, suite, "smoke", suite.rows[0], 0)
 
-    def evaluate_again() -> str:
-        result_file(run_dir, suite.rows[0]).unlink()
+    def reproduce_tuning_key() -> str:
         assert main(["reproduce", str(suite.folder), *args]) == 0
         return yaml.safe_load((run_dir / "tuned.yaml").read_text())["tuned"]["components"]["key"]
 
-    assert main(["reproduce", str(suite.folder), *args]) == 0
-    key = yaml.safe_load((run_dir / "tuned.yaml").read_text())["tuned"]["components"]["key"]
+    def evaluate_again() -> str:
+        result_file(run_dir, suite.rows[0]).unlink()
+        return reproduce_tuning_key()
+
+    key = reproduce_tuning_key()
     assert evaluate_again() == key and tuned == [run_dir]  # the same search: its tuning stands
     monkeypatch.setattr(GROUPERS.get("components"), "search_space", {"min_size": [7]})
     assert evaluate_again() != key and tuned == [run_dir, run_dir]
