@@ -25,18 +25,21 @@ TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "agnostic_AP")
 def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names: list[str], split: str,
                         overwrite_overlays: bool) -> dict:
     """Evaluate groupers on one split; print the table; record the scores in metrics.json (under
-    "<split>[:N]" when only the first N images were scored); draw the overlays (over an existing
-    figure only with `overwrite_overlays`)."""
+    "<split>[:N]" when only the first N images were scored) and per image in images_<split>.csv; draw
+    the overlays (over an existing figure only with `overwrite_overlays`)."""
     from embedseg.config import spatial_embedding
-    from embedseg.engine.evaluator import compare_groupers
+    from embedseg.engine.evaluator import compare_groupers, image_scores
     from embedseg.engine.metrics_file import record_scores
     from embedseg.evaluation.tables import format_table, metric_columns
+    from embedseg.outputs import write_csv
     from embedseg.viz import plot_grouping_comparison
 
     ev = config.eval
     results, run = compare_groupers(config, model, ckpt["class_names"], grouper_names, split, ev.max_images,
                                     metrics=ev.metrics)
     key, notes = record_scores(run_dir, config, ckpt, split, results, run)
+    # beside the whole split's file, never over it: the first N images go to images_<split>_first<N>.csv
+    per_image = write_csv(run_dir / f"images_{key.replace('[:', '_first').rstrip(']')}.csv", image_scores(run))
     figure = run_dir / f"overlays_{split}.png"
     if figure.exists() and not overwrite_overlays:
         notes.append(f"{figure} exists and was not redrawn (--overwrite redraws it)")
@@ -56,7 +59,7 @@ def evaluate_and_report(run_dir: Path, config, model, ckpt: dict, grouper_names:
     print(f"\nnetwork {np.median(run.network_ms):.1f} ms/image (median); "
           + "; ".join(f"{n}: {t['group ms (median)']:.1f} ms, {t['inst/img']:.1f} instances/image"
                       for n, t in timing.items()))
-    print(f"metrics: {run_dir / 'metrics.json'} (entry {key!r})\nfigures: {', '.join(map(str, figures))}")
+    print(f"metrics: {run_dir / 'metrics.json'} (entry {key!r}), per image: {per_image}\nfigures: {', '.join(map(str, figures))}")
     for note in notes:
         print(f"note: {note}")
     return results

@@ -8,6 +8,7 @@ back to NAME, so a command that replaces its own outputs recognises the leftover
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -43,6 +44,17 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data, indent: int | None = None) -> Path:
     return write_text(path, json.dumps(data, indent=indent))
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """`rows` as CSV with a header; the columns are every key of the rows, in order of first appearance
+    (a row without one leaves its cell empty)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
 
 
 def written_name(name: str) -> str:

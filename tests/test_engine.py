@@ -1,6 +1,7 @@
 """Training, checkpoints, resume, evaluation and the CLI on a tiny config."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -92,6 +93,11 @@ def test_lr_schedule():
     assert lr_factor(99, 100, 10, "constant") == 1.0
 
 
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", str(tiny_config_file), "--out", str(run_dir)]) == 0
@@ -101,16 +107,25 @@ def test_cli_train_evaluate_predict(tmp_path, tiny_config_file, capsys):
     assert set(metrics["val"]) == {"meanshift", "components"}
     assert 0.0 <= metrics["val"]["meanshift"]["AP"] <= 1.0
     assert (run_dir / "overlays_val.png").exists()
+    per_image = read_csv(run_dir / "images_val.csv")
+    for grouper in ("meanshift", "components"):
+        rows = [r for r in per_image if r["grouper"] == grouper]
+        assert len(rows) == len(per_image) // 2 and all(0 <= float(r["intensity"]) <= 1 for r in rows)
+        assert np.mean([int(r["instances"]) for r in rows]) == pytest.approx(metrics["val"][grouper]["instances_per_image"])
 
     assert main(["evaluate", str(run_dir), "--grouping", "components", "--split", "test",
-                 "--set", "data.split_params.test.num_images=2"]) == 0
+                 "--set", "data.split_params.test.num_images=2", "--set", "eval.metrics=[coco,matching_ap]"]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"val", "test"} and set(metrics["test"]) == {"components"}
+    per_image = read_csv(run_dir / "images_test.csv")  # the split's matching AP is the mean over its images
+    assert len(per_image) == 2 and {"num_gt", "num_pred", "missed_merged", "missed_not_found"} <= set(per_image[0])
+    assert np.mean([float(r["match_AP50"]) for r in per_image]) == pytest.approx(metrics["test"]["components"]["match_AP50"])
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--grouping", "components", "--split", "test", "--max-images", "1",
                  "--set", "data.split_params.test.num_images=2", "--set", "eval.metrics=[map_r]",
                  "--set", "eval.map_r_thresholds=[0.5,0.7]"]) == 0
     assert "map_r on test (1 images)" in capsys.readouterr().out  # eval.max_images
+    assert len(read_csv(run_dir / "images_test_first1.csv")) == 1 and len(read_csv(run_dir / "images_test.csv")) == 2
     partial = json.loads((run_dir / "metrics.json").read_text())
     assert partial["test"] == metrics["test"]  # the first image alone is stored apart from the whole split
     scores = partial["test[:1]"]["components"]

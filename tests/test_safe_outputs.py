@@ -92,7 +92,7 @@ def test_overwrite_replaces_a_previous_run_only_after_the_checks(tmp_path, tiny_
     train_run(tiny_config_file, run, "--overwrite", "--no-eval", "--set", "train.steps=1")
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
-    removed = ("metrics.json", "overlays_val.png", "checkpoints/.last.pt.999.tmp.pt")
+    removed = ("metrics.json", "images_val.csv", "overlays_val.png", "checkpoints/.last.pt.999.tmp.pt")
     assert not any((run / name).exists() for name in removed)  # the previous run's files, not this one's
 
 

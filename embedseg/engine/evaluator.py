@@ -34,6 +34,7 @@ class GroupingRun:
     network_ms: list = field(default_factory=list)  # ms per image (of reading it, with an output cache)
     indices: list = field(default_factory=list)  # dataset index of every image scored
     names: list = field(default_factory=list)  # name of every image scored (its image_id where it has none)
+    intensity: list = field(default_factory=list)  # mean intensity in [0, 1] of every image scored
     split_images: int = 0  # images in the split
     images: list = field(default_factory=list)  # the first few images, for figures
     outputs: list = field(default_factory=list)  # their network outputs (as the groupers read them)
@@ -80,6 +81,7 @@ def run_groupers(predictor, dataset, groupers: dict, evaluators: Callable[[], li
                 run.predictions[name].append(prediction)
         run.indices.append(i)
         run.names.append(str(sample.get("name", sample["image_id"])))
+        run.intensity.append(float(np.mean(sample["image"])) / 255)
         if keep:
             run.images.append(sample["image"])
             run.outputs.append(outputs)
@@ -96,8 +98,8 @@ def gather_run(run: GroupingRun) -> GroupingRun | None:
     """
     import torch.distributed as dist
 
-    payload = {"indices": run.indices, "names": run.names, "network_ms": run.network_ms, "group_ms": run.group_ms,
-               "instances": run.instances,
+    payload = {"indices": run.indices, "names": run.names, "intensity": run.intensity, "network_ms": run.network_ms,
+               "group_ms": run.group_ms, "instances": run.instances,
                "states": {name: [ev.state() for ev in evs] for name, evs in run.evaluators.items()}}
     gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(payload, gathered, dst=0)
@@ -110,6 +112,7 @@ def gather_run(run: GroupingRun) -> GroupingRun | None:
 
     run.indices = merged([p["indices"] for p in gathered])
     run.names = merged([p["names"] for p in gathered])
+    run.intensity = merged([p["intensity"] for p in gathered])
     run.network_ms = merged([p["network_ms"] for p in gathered])
     for name, evaluators in run.evaluators.items():
         run.group_ms[name] = merged([p["group_ms"][name] for p in gathered])
@@ -148,6 +151,20 @@ def score_groupers(run: GroupingRun) -> dict[str, dict]:
         )
         results[name] = scores
     return results
+
+
+def image_scores(run: GroupingRun) -> list[dict]:
+    """One row per image and grouper: the image's name and mean intensity (bright-field and fluorescence
+    images fall apart by it), the grouper's instances and ms, and the per-image scores of its matching
+    evaluator (`MatchingEvaluator.image_scores`) where it has one. To find which images fail."""
+    rows = []
+    for name, evaluators in run.evaluators.items():
+        matching = next((ev.image_scores() for ev in evaluators if hasattr(ev, "image_scores")), None)
+        for k, image in enumerate(run.names):
+            rows.append({"image": image, "grouper": name, "intensity": round(run.intensity[k], 4),
+                         "instances": run.instances[name][k], "group_ms": round(run.group_ms[name][k], 2),
+                         **(matching[k] if matching else {})})
+    return rows
 
 
 def config_evaluators(config, class_names: list[str], metrics: Sequence[str] | None = None) -> Callable[[], list]:

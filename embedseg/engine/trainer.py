@@ -111,7 +111,7 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
 
 # What train, evaluate, compare-grouping, tune and reproduce write into a run directory (checkpoints/ holds
 # CHECKPOINT_FILES). `--overwrite` removes these and nothing else, and refuses a folder that holds more.
-RUN_FILES = ("config.yaml", "env.txt", "log.jsonl", "metrics.json", "overlays_*.png", "spatial_*.png",
+RUN_FILES = ("config.yaml", "env.txt", "log.jsonl", "metrics.json", "images_*.csv", "overlays_*.png", "spatial_*.png",
              "grouping_*.md", "grouping_*.json", "grouping_*.png", "tuned.yaml", "tune.json", "row_*.json",
              "training.json")
 CHECKPOINT_FILES = ("last.pt", "best.pt")

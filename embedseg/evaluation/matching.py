@@ -433,6 +433,20 @@ class MatchingEvaluator(ImageRecords):
         out["num_images"] = len(self.images)
         return out
 
+    def image_scores(self) -> list[dict]:
+        """One flat dict per image, in the order processed: object counts, matching AP at each IoU
+        threshold and why objects were missed at the first, SBD (those the metrics keep per image)."""
+        rows = []
+        for im in self.images:
+            row = {"num_gt": im["num_gt"], "num_pred": im["num_pred"]}
+            if self.iou_thresholds is not None:
+                row.update({threshold_key("match_AP", a): float(v) for a, v in zip(self.iou_thresholds, im["matching_ap"])})
+                row.update({f"missed_{kind}": int(n) for kind, n in zip(MISSED_KINDS, im["missed"])})
+            if "sbd" in im:
+                row["SBD"] = float(im["sbd"])
+            rows.append(row)
+        return rows
+
     @staticmethod
     def _per_threshold(out: dict, prefix: str, thresholds: np.ndarray, scores: np.ndarray) -> None:
         out.update({threshold_key(prefix, a): float(v) for a, v in zip(thresholds, scores)})

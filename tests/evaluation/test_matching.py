@@ -140,6 +140,23 @@ def test_missed_objects_are_told_apart_by_why():
     assert (flat["missed_merged"], flat["missed_low_iou"], flat["missed_not_found"]) == (2, 1, 1)
 
 
+def test_image_scores_give_each_image_its_own_counts_ap_and_misses():
+    from embedseg.evaluation.matching import MatchingEvaluator
+
+    h = w = 20
+    g = [_box(h, w, slice(0, 5), slice(0, 5)), _box(h, w, slice(0, 5), slice(5, 10)), _box(h, w, slice(10, 15), slice(0, 5))]
+    evaluator = MatchingEvaluator(["matching_ap", "sbd"], iou_thresholds=[0.5])
+    evaluator.process(_instances(g), _instances(g))  # perfect
+    evaluator.process(_instances(g), _instances([g[0] | g[1]]))  # one mask over the touching pair, g[2] not found
+    perfect, merged = evaluator.image_scores()
+    assert perfect == {"num_gt": 3, "num_pred": 3, "match_AP50": 1.0, "missed_merged": 0, "missed_low_iou": 0,
+                       "missed_not_found": 0, "SBD": 1.0}
+    # TP 1 (one of the pair reaches IoU 0.5), FP 0, FN 2: AP 1/3
+    assert merged["num_pred"] == 1 and merged["match_AP50"] == pytest.approx(1 / 3)
+    assert (merged["missed_merged"], merged["missed_low_iou"], merged["missed_not_found"]) == (1, 0, 1)
+    assert np.mean([perfect["match_AP50"], merged["match_AP50"]]) == pytest.approx(evaluator.evaluate()["match_AP50"])
+
+
 def _conflict_image():
     """Overlapping predictions where the best pairing is not the greedy one (IoU < 0.5).
 
