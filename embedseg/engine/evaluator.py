@@ -20,6 +20,7 @@ from tqdm import tqdm
 from embedseg.engine.oracle import apply_oracle
 from embedseg.engine.output_cache import reuse_or_cache
 from embedseg.evaluation import build_evaluators, evaluate_all
+from embedseg.evaluation.matching import MatchingEvaluator
 from embedseg.structures import Instances
 
 
@@ -159,7 +160,7 @@ def image_scores(run: GroupingRun) -> list[dict]:
     evaluator (`MatchingEvaluator.image_scores`) where it has one. To find which images fail."""
     rows = []
     for name, evaluators in run.evaluators.items():
-        matching = next((ev.image_scores() for ev in evaluators if hasattr(ev, "image_scores")), None)
+        matching = next((ev.image_scores() for ev in evaluators if isinstance(ev, MatchingEvaluator)), None)
         for k, image in enumerate(run.names):
             rows.append({"image": image, "grouper": name, "intensity": round(run.intensity[k], 4),
                          "instances": run.instances[name][k], "group_ms": round(run.group_ms[name][k], 2),
