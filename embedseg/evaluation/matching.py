@@ -59,8 +59,9 @@ from embedseg.structures import Instances
 MATCHING_METRICS = ("matching_ap", "sbd", "dic", "map_r")
 MAP_R_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # Fathi et al. 2017, Table 1
 MISSED_KINDS = ("merged", "low_iou", "not_found")  # why a GT object was missed (missed_kinds)
+MISSED_KEYS = tuple(f"missed_{kind}" for kind in MISSED_KINDS)  # their counts' keys in the results
 # keys of evaluate_matching that are counts, not fractions
-COUNT_KEYS = ("DiC", "abs_DiC", *(f"missed_{kind}" for kind in MISSED_KINDS))
+COUNT_KEYS = ("DiC", "abs_DiC", *MISSED_KEYS)
 
 
 # ----------------------------------------------------------------------------- overlaps
@@ -421,7 +422,7 @@ class MatchingEvaluator(ImageRecords):
             self._per_threshold(out, "match_AP", self.iou_thresholds,
                                 np.mean([im["matching_ap"] for im in self.images], axis=0))
             missed = np.sum([im["missed"] for im in self.images], axis=0)
-            out.update({f"missed_{kind}": int(n) for kind, n in zip(MISSED_KINDS, missed)})
+            out.update({key: int(n) for key, n in zip(MISSED_KEYS, missed)})
         if "sbd" in self.metrics:
             out["SBD"] = float(np.mean([im["sbd"] for im in self.images]))
         if "dic" in self.metrics:
@@ -441,7 +442,7 @@ class MatchingEvaluator(ImageRecords):
             row = {"num_gt": im["num_gt"], "num_pred": im["num_pred"]}
             if self.iou_thresholds is not None:
                 row.update({threshold_key("match_AP", a): float(v) for a, v in zip(self.iou_thresholds, im["matching_ap"])})
-                row.update({f"missed_{kind}": int(n) for kind, n in zip(MISSED_KINDS, im["missed"])})
+                row.update({key: int(n) for key, n in zip(MISSED_KEYS, im["missed"])})
             if "sbd" in im:
                 row["SBD"] = float(im["sbd"])
             rows.append(row)
